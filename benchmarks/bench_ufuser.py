@@ -1,0 +1,165 @@
+"""U-Fuser inference speed: ms per slice, achieved GFLOP/s and peak memory.
+
+Examples::
+
+    python benchmarks/bench_ufuser.py                     # 256 and 512, batch 1 and 8, 2 threads
+    python benchmarks/bench_ufuser.py --official-dir ../MMIF-EMMA   # adds the official model side by side
+    python benchmarks/bench_ufuser.py --compile --sizes 256 --batches 1
+
+``--official-dir`` is a checkout of ``Zhaozixiang1228/MMIF-EMMA`` (needs ``einops``); it is
+imported from there at run time and never copied into this project. Official and monai-emma runs
+are interleaved (A, B, A, B, ...) so that machine noise hits both alike; the ratio is the ratio of
+the medians. FLOPs are counted with ``torch.utils.flop_counter`` on the plain (paper) path, so
+"GFLOP/s" is the model's nominal work per second; the fast path executes fewer FLOPs than that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _load_official(official_dir: str | None):
+    if not official_dir:
+        return None
+    path = Path(official_dir)
+    if not (path / "nets" / "Ufuser.py").is_file():
+        print(f"[skip] {path}/nets/Ufuser.py not found: official comparison skipped")
+        return None
+    sys.path.insert(0, str(path))
+    try:
+        from nets.Ufuser import Ufuser  # type: ignore[import-not-found]
+    except ImportError as err:  # einops missing, typically
+        print(f"[skip] cannot import the official U-Fuser ({err}): official comparison skipped")
+        return None
+    return Ufuser
+
+
+def model_flops(net: torch.nn.Module, x: torch.Tensor) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.enable_grad():
+        # the plain path: grad enabled selects it; no backward is run
+        was = net.training
+        net.train()
+        net(x)
+        net.train(was)
+    return int(counter.get_total_flops())
+
+
+def time_interleaved(fns: dict[str, callable], repeats: int, warmup: int = 2) -> dict[str, float]:
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def peak_memory_mb(size: int, batch: int, threads: int, compile_: bool) -> float:
+    """Peak resident memory growth of one fused batch, measured in a fresh process."""
+    code = "\n".join(
+        [
+            "import resource, sys, torch",
+            f"torch.set_num_threads({threads})",
+            f"sys.path.insert(0, {str(ROOT)!r})",
+            "from monai_emma.networks import UFuser",
+            "net = UFuser().eval()",
+            "net = torch.compile(net)" if compile_ else "",
+            f"x = torch.rand({batch}, 2, {size}, {size})",
+            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss",
+            "with torch.inference_mode():",
+            "    net(x); net(x)",
+            "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)",
+        ]
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--official-dir", default=os.environ.get("EMMA_OFFICIAL_DIR"))
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile(UFuser)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--json", help="write the results to this JSON file")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    from monai_emma.networks import UFuser
+
+    official_cls = _load_official(args.official_dir)
+    net = UFuser().eval()
+    official = None
+    if official_cls is not None:
+        from monai_emma.networks.official import ufuser_key_to_official
+
+        official = official_cls().eval()
+        official.load_state_dict({ufuser_key_to_official(k): v for k, v in net.state_dict().items()})
+    compiled = torch.compile(net) if args.compile else None
+
+    print(f"torch {torch.__version__}, {args.threads} threads, fp32, median of {args.repeats}")
+    header = f"{'size':>5} {'batch':>5} {'path':<10} {'ms/slice':>9} {'GFLOP/s':>8} {'peak MB':>8} {'max|diff|':>10}"
+    print(header)
+    results = []
+    for size in args.sizes:
+        flops_per_slice = model_flops(net, torch.rand(1, 2, size, size))
+        for batch in args.batches:
+            x = torch.rand(batch, 2, size, size)
+            fns = {"monai-emma": lambda x=x: net(x)}
+            if official is not None:
+                fns["official"] = lambda x=x: official(x[:, 1:2], x[:, 0:1])
+            if compiled is not None:
+                fns["compiled"] = lambda x=x: compiled(x)
+            with torch.inference_mode():
+                ref = net(x)
+                diffs = {k: float((fn() - ref).abs().max()) for k, fn in fns.items()}
+                med = time_interleaved(fns, args.repeats)
+            for name, sec in med.items():
+                mem = float("nan")
+                if not args.no_memory and name != "official":
+                    mem = peak_memory_mb(size, batch, args.threads, name == "compiled")
+                row = {
+                    "size": size,
+                    "batch": batch,
+                    "path": name,
+                    "ms_per_slice": 1e3 * sec / batch,
+                    "gflops": flops_per_slice * batch / sec / 1e9,
+                    "peak_mb": mem,
+                    "max_abs_diff": diffs[name],
+                }
+                results.append(row)
+                print(
+                    f"{size:>5} {batch:>5} {name:<10} {row['ms_per_slice']:>9.1f} {row['gflops']:>8.1f} "
+                    f"{mem:>8.0f} {diffs[name]:>10.1e}"
+                )
+            if "official" in med:
+                print(f"{'':>11} speed-up vs official: {med['official'] / med['monai-emma']:.2f}x")
+    print(f"model FLOPs per 256x256 slice: {model_flops(net, torch.rand(1, 2, 256, 256)) / 1e9:.2f} GFLOP")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return {"results": results, "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""U-Fuser: the fusion network of EMMA (Zhao et al., CVPR 2024), in MONAI style."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from monai.networks.layers.utils import get_act_layer
+from torch import nn
+
+from monai_emma.networks.blocks import RestormerCNNBlock, reflect_conv, reflect_pad_cat
+from monai_emma.networks.official import load_official_state_dict, ufuser_key_from_official
+
+__all__ = ["UFuser"]
+
+
+class UFuser(nn.Module):
+    """EMMA's U-Fuser: two Restormer-CNN encoders, per-level fusion blocks and a U-Net decoder.
+
+    Channel 0 of the input is the anatomical reference (MRI; the visible image for
+    infrared/visible pairs; the official code's ``v``), channel 1 the other modality (CT, PET,
+    SPECT or infrared; the official ``i``). The output is one fused channel in [0, 1].
+
+    Any H and W are accepted: when a size is not a multiple of ``2 ** (len(features) - 1)`` the
+    input is reflect-padded (split evenly on both sides) and the output cropped back. Sizes that
+    already fit are not padded, because the channel attention is global and padding changes every
+    output pixel.
+
+    Inference fast path: in ``eval()`` mode with gradients disabled (``torch.no_grad()`` or
+    ``torch.inference_mode()``), the forward pass uses weights merged on first use (the 1x1 and
+    3x3 qkv convolutions composed into one, one-channel-per-head attention reduced to a single
+    convolution, layer-norm affines folded into 1x1 convolutions). The merged weights are plain
+    attributes, never part of ``state_dict()``, and are rebuilt automatically whenever any
+    parameter changes (loading, optimiser steps). The output equals the plain path to float
+    rounding (< 1e-5).
+
+    Args:
+        spatial_dims: must be 2 (slice-wise fusion).
+        in_channels: must be 2 (anatomical, other).
+        out_channels: output channels (1 in EMMA).
+        features: channels of the four levels.
+        num_heads: attention heads in every Restormer-CNN block.
+        ffn_expansion: expansion of the gated feed-forward.
+        act: activation of the local branches and decoder upsampling (MONAI ``Act`` factory).
+        out_act: final activation (``"sigmoid"`` keeps the output in [0, 1]; ``None`` for logits).
+
+    Shape:
+        (B, 2, H, W) -> (B, out_channels, H, W)
+
+    Example:
+        >>> import torch
+        >>> from monai_emma.networks import UFuser
+        >>> net = UFuser().eval()
+        >>> with torch.no_grad():
+        ...     fused = net(torch.rand(1, 2, 250, 301))
+        >>> fused.shape
+        torch.Size([1, 1, 250, 301])
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 2,
+        out_channels: int = 1,
+        features: Sequence[int] = (8, 16, 32, 32),
+        num_heads: int = 8,
+        ffn_expansion: float = 1.0,
+        act: str | tuple = "relu",
+        out_act: str | tuple | None = "sigmoid",
+    ) -> None:
+        super().__init__()
+        if spatial_dims != 2:
+            raise ValueError(f"UFuser fuses 2D slices: spatial_dims must be 2, got {spatial_dims}.")
+        if in_channels != 2:
+            raise ValueError(f"UFuser takes two source channels (anatomical, other); got in_channels={in_channels}.")
+        features = tuple(int(f) for f in features)
+        if len(features) < 2:
+            raise ValueError("features needs at least two levels.")
+        self.features = features
+        self.num_heads = num_heads
+        levels = len(features)
+        ins = (1, *features[:-1])
+
+        def block(cin: int, cout: int) -> RestormerCNNBlock:
+            return RestormerCNNBlock(cin, cout, num_heads, ffn_expansion, act=act)
+
+        self.encoder_a = nn.ModuleList(block(ins[i], features[i]) for i in range(levels))
+        self.encoder_b = nn.ModuleList(block(ins[i], features[i]) for i in range(levels))
+        self.down_a = nn.ModuleList(reflect_conv(features[i], features[i], stride=2) for i in range(levels - 1))
+        self.down_b = nn.ModuleList(reflect_conv(features[i], features[i], stride=2) for i in range(levels - 1))
+        self.fusion = nn.ModuleList(block(2 * f, f) for f in features)
+        # decoder[i] works at level i; the deepest takes the fused features alone, the others
+        # the upsampled deeper output concatenated with the fused skip.
+        self.decoder = nn.ModuleList(
+            block(features[i] if i == levels - 1 else 2 * features[i], features[i]) for i in range(levels)
+        )
+        self.up = nn.ModuleList(
+            nn.Sequential(nn.ConvTranspose2d(features[i + 1], features[i], 4, 2, 1, bias=False), get_act_layer(act))
+            for i in range(levels - 1)
+        )
+        self.head = reflect_conv(features[0], out_channels, bias=True)
+        if out_act is None:
+            self.out_act: nn.Module = nn.Identity()
+        else:
+            self.out_act = get_act_layer(out_act)
+        self._fast_key: tuple | None = None
+        self._fast_weights: list[Any] | None = None
+
+    # ------------------------------------------------------------------ construction helpers
+    @classmethod
+    def from_official(cls, path_or_state_dict: str | os.PathLike | Mapping[str, torch.Tensor]) -> UFuser:
+        """A default ``UFuser`` loaded from the official EMMA checkpoint (``EMMA.pth``).
+
+        Args:
+            path_or_state_dict: path of the official checkpoint, or a state dict with the official
+                key names (a ``module.`` prefix from DataParallel is accepted).
+        """
+        net = cls()
+        state = load_official_state_dict(path_or_state_dict)
+        net.load_state_dict({ufuser_key_from_official(k): v for k, v in state.items()}, strict=True)
+        return net
+
+    @property
+    def size_multiple(self) -> int:
+        """H and W are padded internally to a multiple of this."""
+        return 2 ** (len(self.features) - 1)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != 2:
+            raise ValueError(f"UFuser expects a (B, 2, H, W) tensor, got shape {tuple(x.shape)}.")
+        h, w = x.shape[-2:]
+        x, crop = self._pad(x)
+        if self.training or torch.is_grad_enabled():
+            out = self._forward_plain(x)
+        else:
+            out = self._forward_fast(x)
+        if crop is not None:
+            top, left = crop
+            out = out[..., top : top + h, left : left + w]
+        return out
+
+    def _pad(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int] | None]:
+        m = self.size_multiple
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % m, (-w) % m
+        # every level's reflect padding needs at least two pixels at the deepest level
+        ph += m * max(0, 2 - (h + ph) // m)
+        pw += m * max(0, 2 - (w + pw) // m)
+        if ph == 0 and pw == 0:
+            return x, None
+        top, left = ph // 2, pw // 2
+        pads = (left, pw - left, top, ph - top)
+        mode = "reflect" if max(pads[:2]) < w and max(pads[2:]) < h else "replicate"
+        return F.pad(x, pads, mode=mode), (top, left)
+
+    def _forward_plain(self, x: torch.Tensor) -> torch.Tensor:
+        levels = len(self.features)
+        a, b = x[:, 0:1], x[:, 1:2]
+        fused = []
+        for i in range(levels):
+            if i > 0:
+                a, b = self.down_a[i - 1](a), self.down_b[i - 1](b)
+            # official order: cat(i_feature, v_feature) = (other, anatomical)
+            a, b = self.encoder_a[i](a), self.encoder_b[i](b)
+            fused.append(self.fusion[i](torch.cat((b, a), dim=1)))
+        out = self.decoder[-1](fused[-1])
+        for i in range(levels - 2, -1, -1):
+            out = self.decoder[i](torch.cat((self.up[i](out), fused[i]), dim=1))
+        return self.out_act(self.head(out))
+
+    # ------------------------------------------------------------------ inference fast path
+    def _param_key(self) -> tuple:
+        return tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in self.parameters())
+
+    def _merged(self) -> list[Any]:
+        key = self._param_key()
+        if self._fast_weights is None or key != self._fast_key:
+            with torch.inference_mode(False), torch.no_grad():
+                blocks = [*self.encoder_a, *self.encoder_b, *self.fusion, *self.decoder]
+                self._fast_weights = [blk.merged_weights() for blk in blocks]
+            self._fast_key = key
+        return self._fast_weights
+
+    def _forward_fast(self, x: torch.Tensor) -> torch.Tensor:
+        weights = self._merged()
+        levels = len(self.features)
+        w_ea, w_eb = weights[:levels], weights[levels : 2 * levels]
+        w_fu, w_de = weights[2 * levels : 3 * levels], weights[3 * levels :]
+        a, b = x[:, 0:1], x[:, 1:2]
+        fused = []
+        for i in range(levels):
+            if i > 0:
+                a = F.conv2d(reflect_pad_cat(a), self.down_a[i - 1].weight, stride=2)
+                b = F.conv2d(reflect_pad_cat(b), self.down_b[i - 1].weight, stride=2)
+            a = self.encoder_a[i].forward_fast((a,), w_ea[i])
+            b = self.encoder_b[i].forward_fast((b,), w_eb[i])
+            fused.append(self.fusion[i].forward_fast((b, a), w_fu[i]))
+        out = self.decoder[-1].forward_fast((fused[-1],), w_de[-1])
+        for i in range(levels - 2, -1, -1):
+            out = self.decoder[i].forward_fast((self.up[i](out), fused[i]), w_de[i])
+        out = F.conv2d(reflect_pad_cat(out), self.head.weight, self.head.bias)
+        return self.out_act(out).contiguous()
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001 - torch signature
+        # moving or casting the module invalidates the merged weights
+        self._fast_weights, self._fast_key = None, None
+        return super()._apply(fn, recurse)
