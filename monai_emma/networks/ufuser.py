@@ -123,6 +123,14 @@ class UFuser(nn.Module):
         net.load_state_dict({ufuser_key_from_official(k): v for k, v in state.items()}, strict=True)
         return net
 
+    @classmethod
+    def pretrained(cls, name: str = "default", map_location: str | torch.device = "cpu") -> UFuser:
+        """The U-Fuser with the weights shipped in the package (see :mod:`monai_emma.weights`),
+        in eval mode."""
+        from monai_emma.weights import load_ufuser
+
+        return load_ufuser(name, map_location)
+
     @property
     def size_multiple(self) -> int:
         """H and W are padded internally to a multiple of this."""

@@ -1,0 +1,254 @@
+"""Paired 2D slices from folders: discovery, reproducible splits, and a patch dataset.
+
+Layouts (files matched by stem, i.e. name without extension):
+
+* Harvard style: ``root/<A>_<B>/<A>/<n>.png`` and ``root/<A>_<B>/<B>/<n>.png``
+  (``MRI_CT``, ``MRI_PET``, ``MRI_SPECT``); ``root`` may also be one pair folder (``root/MRI``,
+  ``root/CT``).
+* IVF style: ``root/<SET>/vi/*`` and ``root/<SET>/ir/*`` (``RoadScene``, ``TNO``), or one set.
+
+Channel convention: ``a`` is the anatomical image (MRI, visible), ``b`` the other modality.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+__all__ = ["SlicePair", "find_pairs", "split_pairs", "load_pair", "PairedPatchDataset", "PairDataError"]
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+ANATOMICAL = ("MRI", "VI", "VIS", "VISIBLE")
+IVF_FOLDERS = {"vi": "ir"}
+
+logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+
+
+class PairDataError(ValueError):
+    """A dataset folder is not usable; the message names the folder or file and the problem."""
+
+
+@dataclass(frozen=True)
+class SlicePair:
+    """One co-registered pair of slice images."""
+
+    a: Path
+    b: Path
+    pair: str  # e.g. "MRI_PET" or "RoadScene"
+    a_modality: str  # "mri" or "vis"
+    b_modality: str  # "ct", "pet", "spect" or "ir"
+    stem: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.pair}/{self.stem}"
+
+
+def _images(folder: Path) -> dict[str, Path]:
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()}
+
+
+def _match(folder_a: Path, folder_b: Path, pair: str, mod_a: str, mod_b: str) -> list[SlicePair]:
+    ia, ib = _images(folder_a), _images(folder_b)
+    only_a, only_b = sorted(set(ia) - set(ib)), sorted(set(ib) - set(ia))
+    if only_a or only_b:
+        parts = []
+        if only_a:
+            parts.append(f"{len(only_a)} in {folder_a} without a partner ({', '.join(only_a[:5])})")
+        if only_b:
+            parts.append(f"{len(only_b)} in {folder_b} without a partner ({', '.join(only_b[:5])})")
+        raise PairDataError("unmatched files: " + "; ".join(parts))
+    return [SlicePair(ia[s], ib[s], pair, mod_a, mod_b, s) for s in sorted(ia, key=_natural_key)]
+
+
+def _natural_key(stem: str) -> tuple:
+    return (0, int(stem), "") if stem.isdigit() else (1, 0, stem)
+
+
+def _pair_folder(folder: Path) -> list[SlicePair] | None:
+    """A folder holding exactly the two modality sub-folders of one pair type, else None."""
+    subs = {p.name: p for p in folder.iterdir() if p.is_dir()}
+    lower = {k.lower(): v for k, v in subs.items()}
+    if "vi" in lower and "ir" in lower:
+        return _match(lower["vi"], lower["ir"], folder.name, "vis", "ir")
+    parts = folder.name.split("_")
+    if len(parts) == 2 and all(p in subs for p in parts):
+        a, b = parts if parts[0].upper() in ANATOMICAL else parts[::-1]
+        return _match(subs[a], subs[b], f"{a}_{b}", a.lower(), b.lower())
+    return None
+
+
+def find_pairs(root: str | os.PathLike) -> list[SlicePair]:
+    """All slice pairs below ``root`` (Harvard or IVF layout; see the module docstring).
+
+    Raises:
+        PairDataError: ``root`` is missing, holds no pairs, or has files without a partner.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise PairDataError(f"{root}: no such data folder")
+    pairs = _pair_folder(root)
+    if pairs is None:
+        pairs = []
+        for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+            found = _pair_folder(sub)
+            if found:
+                pairs.extend(found)
+    if not pairs:
+        raise PairDataError(
+            f"{root}: no image pairs found (expected <PAIR>/<A>/<n>.png and <PAIR>/<B>/<n>.png, e.g. MRI_CT/MRI "
+            "and MRI_CT/CT, or <SET>/vi and <SET>/ir)"
+        )
+    return pairs
+
+
+def split_pairs(
+    pairs: Sequence[SlicePair], val_fraction: float = 0.2, seed: int = 0
+) -> tuple[list[SlicePair], list[SlicePair]]:
+    """Reproducible train/validation split by slice id, stratified by pair type.
+
+    Every pair type with at least two slices gives at least one validation slice (when
+    ``val_fraction > 0``). The same ``seed`` and files give the same split on any machine.
+    """
+    train, val = [], []
+    by_type: dict[str, list[SlicePair]] = {}
+    for p in pairs:
+        by_type.setdefault(p.pair, []).append(p)
+    for name in sorted(by_type):
+        group = sorted(by_type[name], key=lambda p: _natural_key(p.stem))
+        rng = np.random.default_rng([seed, *name.encode()])
+        order = rng.permutation(len(group))
+        n_val = int(round(val_fraction * len(group)))
+        if val_fraction > 0 and len(group) >= 2:
+            n_val = min(max(n_val, 1), len(group) - 1)
+        val_idx = set(order[:n_val].tolist())
+        for i, p in enumerate(group):
+            (val if i in val_idx else train).append(p)
+    return train, val
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read a 2D image with MONAI's PIL reader as a float32 (C, H, W) array on its native scale.
+
+    Raises:
+        PairDataError: the file is missing or not a readable image.
+    """
+    from monai.data import PILReader
+
+    path = Path(path)
+    if not path.is_file():
+        raise PairDataError(f"{path}: no such file")
+    try:
+        reader = PILReader(reverse_indexing=False)
+        data, _ = reader.get_data(reader.read(str(path)))
+    except Exception as err:  # PIL raises several types; summarise them
+        raise PairDataError(f"{path}: not a readable image ({type(err).__name__}: {str(err).splitlines()[0]})") from err
+    arr = np.asarray(data, dtype=np.float32)
+    if arr.ndim == 2:
+        arr = arr[None]
+    elif arr.ndim == 3:
+        arr = np.moveaxis(arr, -1, 0)[:3]
+    else:
+        raise PairDataError(f"{path}: expected a 2D image, got an array of shape {arr.shape}")
+    return arr
+
+
+def load_pair(pair: SlicePair) -> dict:
+    """Load one pair as luminance in [0, 1]: ``a``, ``b`` (1, H, W) tensors, the other modality's
+    chroma ``b_cbcr`` (2, H, W), ``b_is_colour``, and the pair's metadata."""
+    from monai_emma.transforms.colour import RGBToYCbCrd
+    from monai_emma.transforms.intensity import ScaleToUnitd
+
+    d = {"a": read_image(pair.a), "b": read_image(pair.b)}
+    if d["a"].shape[-2:] != d["b"].shape[-2:]:
+        raise PairDataError(
+            f"{pair.a} and {pair.b}: sizes differ ({d['a'].shape[-2]}x{d['a'].shape[-1]} vs "
+            f"{d['b'].shape[-2]}x{d['b'].shape[-1]})"
+        )
+    d = ScaleToUnitd(["a", "b"])(d)
+    d = RGBToYCbCrd(["a", "b"])(d)
+    out = {k: torch.as_tensor(np.ascontiguousarray(v)) for k, v in d.items() if not k.endswith("_is_colour")}
+    out.update(
+        b_is_colour=d["b_is_colour"],
+        pair=pair.pair,
+        a_modality=pair.a_modality,
+        b_modality=pair.b_modality,
+        id=pair.id,
+    )
+    return out
+
+
+class PairedPatchDataset(Dataset):
+    """Foreground-aware random patches of paired slices, cached in memory, deterministic.
+
+    Each item is ``{"a", "b"}`` patches (1, h, w) in [0, 1] (plus ``"fused"`` when a folder of
+    fused images is given) and the modality names. The window of item ``i`` in epoch ``e`` depends
+    only on ``(seed, e, i)``, so a run resumed from a checkpoint draws the same patches as an
+    uninterrupted one.
+
+    Args:
+        pairs: the slice pairs.
+        patch_size: patch height and width.
+        patches_per_image: items per pair and epoch.
+        seed: base seed.
+        fused_dir: optional folder of fused images (same stems as the pairs; may hold
+            ``<PAIR>/<stem>.png`` or ``<stem>.png``) used as stage-1 inputs.
+        background_prob: probability of a window not centred on foreground.
+    """
+
+    def __init__(
+        self,
+        pairs: Sequence[SlicePair],
+        patch_size: int | Sequence[int] = 64,
+        patches_per_image: int = 4,
+        seed: int = 0,
+        fused_dir: str | os.PathLike | None = None,
+        background_prob: float = 0.1,
+    ) -> None:
+        from monai_emma.transforms.patches import RandForegroundPatchd
+
+        if not pairs:
+            raise PairDataError("no pairs to train on")
+        size = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
+        self.items = [load_pair(p) for p in pairs]
+        if fused_dir is not None:
+            for item, p in zip(self.items, pairs):
+                item["fused"] = torch.as_tensor(_fused_for(Path(fused_dir), p))
+        self.keys = ["a", "b"] + (["fused"] if fused_dir is not None else [])
+        self.patches_per_image = int(patches_per_image)
+        self.seed = int(seed)
+        self.epoch = 0
+        self.cropper = RandForegroundPatchd(self.keys, size, background_prob=background_prob)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.items) * self.patches_per_image
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.items[index % len(self.items)]
+        self.cropper.set_random_state(state=np.random.RandomState([self.seed, self.epoch, index]))
+        patch = self.cropper({k: item[k] for k in self.keys})
+        out = {k: patch[k].float().contiguous() for k in self.keys}
+        out.update(a_modality=item["a_modality"], b_modality=item["b_modality"])
+        return out
+
+
+def _fused_for(folder: Path, pair: SlicePair) -> np.ndarray:
+    from monai_emma.transforms.colour import rgb_to_ycbcr
+
+    for candidate in (folder / pair.pair, folder):
+        if candidate.is_dir():
+            found = _images(candidate).get(pair.stem)
+            if found is not None:
+                img = read_image(found) / 255.0
+                return (rgb_to_ycbcr(img, 0)[0:1] if img.shape[0] == 3 else img[0:1]).astype(np.float32)
+    raise PairDataError(f"{folder}: no fused image for {pair.id} (expected {pair.stem}.png)")

@@ -1,0 +1,200 @@
+"""The training steps of both stages: the only place where EMMA's optimisation step is written.
+
+Both are ``iteration_update`` callables for MONAI/ignite trainers (``step(engine, batch) -> dict``)
+and are used unchanged by ``monai-emma train``, the MONAI bundle and the Ray Train workers
+(where ``engine.network`` is wrapped in DistributedDataParallel).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from monai.utils import CommonKeys
+from torch import nn
+
+from monai_emma.baselines import mix_rules
+from monai_emma.losses import EMMALoss
+from monai_emma.networks import PseudoSensor
+from monai_emma.transforms.equivariance import TransformGroup
+
+__all__ = ["SensorBank", "SensorStep", "FuserStep", "route", "step_seed"]
+
+
+def step_seed(seed: int, iteration: int) -> int:
+    """Seed of the randomness inside one step: a function of the run seed and the global
+    iteration only, so a resumed run repeats the uninterrupted run exactly."""
+    return (int(seed) * 1_000_003 + int(iteration)) % (2**31 - 1)
+
+
+def route(modules: Mapping[str, nn.Module], x: torch.Tensor, modalities: Sequence[str]) -> torch.Tensor:
+    """Apply ``modules[m]`` to the samples of ``x`` whose modality is ``m`` (differentiable).
+
+    Args:
+        modules: one network per modality name.
+        x: (N, C, H, W).
+        modalities: N modality names.
+    """
+    if len(modalities) != x.shape[0]:
+        raise ValueError(f"{len(modalities)} modality labels for a batch of {x.shape[0]}")
+    names = list(dict.fromkeys(modalities))
+    if len(names) == 1:
+        return modules[names[0]](x)
+    out = None
+    for name in names:
+        idx = torch.tensor([i for i, m in enumerate(modalities) if m == name], device=x.device)
+        y = modules[name](x.index_select(0, idx))
+        if out is None:
+            out = x.new_zeros((x.shape[0], *y.shape[1:]))
+        out = out.index_copy(0, idx, y)
+    return out
+
+
+class SensorBank(nn.Module):
+    """One pseudo-sensor per modality name (``"mri"``, ``"ct"``, ``"pet"``, ...).
+
+    Args:
+        modalities: modality names.
+        preset: :class:`~monai_emma.networks.PseudoSensor` preset.
+        **kwargs: further ``PseudoSensor`` arguments.
+    """
+
+    def __init__(self, modalities: Sequence[str], preset: str = "lite", **kwargs: Any) -> None:
+        super().__init__()
+        self.sensors = nn.ModuleDict({m: PseudoSensor(preset=preset, **kwargs) for m in sorted(set(modalities))})
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.sensors.keys())
+
+    def forward(self, x: torch.Tensor, modalities: Sequence[str]) -> torch.Tensor:
+        return route(self.sensors, x, modalities)
+
+    def freeze(self) -> SensorBank:
+        """Eval mode and no parameter gradients (stage 2)."""
+        self.eval()
+        self.requires_grad_(False)
+        return self
+
+
+def _labels(batch: Mapping, key: str, n: int) -> list[str]:
+    value = batch[key]
+    return [value] * n if isinstance(value, str) else list(value)
+
+
+def _autocast(engine: Any, device: torch.device):
+    enabled = bool(getattr(engine, "amp", False)) and device.type == "cuda"
+    return torch.autocast(device_type=device.type, enabled=enabled)
+
+
+def _optimise(engine: Any, loss: torch.Tensor) -> None:
+    engine.optimizer.zero_grad(set_to_none=True)
+    scaler = getattr(engine, "scaler", None)
+    if getattr(engine, "amp", False) and scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(engine.optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        engine.optimizer.step()
+
+
+class SensorStep:
+    """Stage 1: every pseudo-sensor maps a fused image back to its source modality (MSE).
+
+    The fused input is the batch's ``"fused"`` patch when present, else a classical fusion of
+    ``(a, b)`` with a rule drawn per sample from ``rules``.
+
+    Args:
+        rules: classical fusion rules to mix (see :mod:`monai_emma.baselines`).
+        seed: run seed (with the iteration, it fixes the rule choices).
+    """
+
+    def __init__(self, rules: Sequence[str] = ("mean", "max", "laplacian"), seed: int = 0) -> None:
+        self.rules = tuple(rules)
+        self.seed = seed
+
+    def inputs(self, batch: Mapping, device: torch.device, iteration: int) -> tuple[torch.Tensor, ...]:
+        a = batch["a"].to(device, non_blocking=True)
+        b = batch["b"].to(device, non_blocking=True)
+        if "fused" in batch:
+            fused = batch["fused"].to(device, non_blocking=True)
+        else:
+            gen = torch.Generator().manual_seed(step_seed(self.seed, iteration))
+            with torch.no_grad():
+                fused = mix_rules(torch.cat([a, b], 1), self.rules, generator=gen)
+        return a, b, fused
+
+    def loss(self, bank: nn.Module, a, b, fused, mod_a: list[str], mod_b: list[str]) -> dict[str, torch.Tensor]:
+        sensed_a = bank(fused, mod_a)
+        sensed_b = bank(fused, mod_b)
+        la, lb = F.mse_loss(sensed_a, a), F.mse_loss(sensed_b, b)
+        return {"sense_a": la, "sense_b": lb, "total": la + lb}
+
+    def __call__(self, engine: Any, batch: Mapping) -> dict:
+        engine.network.train()
+        a, b, fused = self.inputs(batch, engine.state.device, engine.state.iteration)
+        n = a.shape[0]
+        with _autocast(engine, a.device):
+            parts = self.loss(
+                engine.network, a, b, fused, _labels(batch, "a_modality", n), _labels(batch, "b_modality", n)
+            )
+        _optimise(engine, parts["total"])
+        return {CommonKeys.LOSS: parts["total"].detach(), **{k: v.detach() for k, v in parts.items()}}
+
+
+class FuserStep:
+    """Stage 2: U-Fuser training with frozen pseudo-sensors and the equivariance loss.
+
+    ``f = F(a, b)``; loss ``ℓ(A_a(f), a) + ℓ(A_b(f), b) + α ℓ(f_t, F(A_a(f_t), A_b(f_t)))`` with
+    ``f_t`` the transformation group applied to ``f``. Gradients reach F through ``f_t`` and
+    through the re-fused images; the sensors never receive gradients.
+
+    Args:
+        sensors: frozen :class:`SensorBank` (moved to the engine's device on first use).
+        loss: :class:`~monai_emma.losses.EMMALoss`.
+        group: :class:`~monai_emma.transforms.TransformGroup`.
+        seed: run seed (with the iteration, it fixes the random shifts).
+    """
+
+    def __init__(self, sensors: SensorBank, loss: EMMALoss, group: TransformGroup, seed: int = 0) -> None:
+        self.sensors = sensors.freeze()
+        self.loss_fn = loss
+        self.group = group
+        self.seed = seed
+
+    def loss(self, fuser: nn.Module, a, b, mod_a: list[str], mod_b: list[str], iteration: int) -> dict:
+        fused = fuser(torch.cat([a, b], 1))
+        sensed_a = self.sensors(fused, mod_a)
+        sensed_b = self.sensors(fused, mod_b)
+        transformed = refused = None
+        if self.loss_fn.alpha:
+            self.group.set_random_state(seed=step_seed(self.seed, iteration))
+            transformed = self.group(fused)
+            g = transformed.shape[0] // fused.shape[0]
+            refused = fuser(torch.cat([self.sensors(transformed, mod_a * g), self.sensors(transformed, mod_b * g)], 1))
+        parts = self.loss_fn.components(sensed_a, a, sensed_b, b, transformed, refused)
+        parts["fused"] = fused
+        return parts
+
+    def __call__(self, engine: Any, batch: Mapping) -> dict:
+        device = engine.state.device
+        engine.network.train()
+        self.sensors.to(device)
+        a = batch["a"].to(device, non_blocking=True)
+        b = batch["b"].to(device, non_blocking=True)
+        n = a.shape[0]
+        with _autocast(engine, device):
+            parts = self.loss(
+                engine.network,
+                a,
+                b,
+                _labels(batch, "a_modality", n),
+                _labels(batch, "b_modality", n),
+                engine.state.iteration,
+            )
+        _optimise(engine, parts["total"])
+        out = {k: v.detach() for k, v in parts.items() if k != "fused"}
+        return {CommonKeys.LOSS: out["total"], CommonKeys.PRED: parts["fused"].detach(), **out}

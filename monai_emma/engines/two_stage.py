@@ -1,0 +1,245 @@
+"""EMMA's two stages run in-process: pseudo-sensors, then the U-Fuser.
+
+Used by ``monai-emma train``; the Ray pipeline runs the same stage functions inside its workers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from monai_emma.data.pairs import PairedPatchDataset, SlicePair, find_pairs, load_pair, split_pairs
+from monai_emma.engines.config import TrainConfig
+from monai_emma.engines.steps import FuserStep, SensorBank, SensorStep
+from monai_emma.engines.trainer import StageResult, build_stage_trainer, save_state
+from monai_emma.losses import EMMALoss
+from monai_emma.networks import UFuser
+from monai_emma.transforms.equivariance import TransformGroup
+
+__all__ = [
+    "train_sensors",
+    "train_fuser",
+    "run_training",
+    "load_sensor_bank",
+    "validation_slices",
+    "SENSORS_FILE",
+    "FUSER_FILE",
+]
+
+logger = logging.getLogger("monai_emma.train")
+SENSORS_FILE = "sensors.pt"
+FUSER_FILE = "ufuser.pt"
+
+
+def _dataset(pairs: Sequence[SlicePair], cfg: TrainConfig, stage: str) -> PairedPatchDataset:
+    st = cfg.sensor if stage == "sensors" else cfg.fuser
+    n = st.samples_per_epoch or len(pairs)
+    per_image = max(1, -(-n // len(pairs)))
+    ds = PairedPatchDataset(
+        pairs,
+        st.patch_size,
+        patches_per_image=per_image,
+        seed=cfg.seed + (0 if stage == "sensors" else 1),
+        fused_dir=cfg.fused_dir if stage == "sensors" else None,
+    )
+    return ds
+
+
+def validation_slices(pairs: Sequence[SlicePair], multiple: int = 16, max_size: int = 256) -> list[dict]:
+    """Centre crops (sides a multiple of ``multiple``, at most ``max_size``) of the validation pairs."""
+    out = []
+    for p in pairs:
+        item = load_pair(p)
+        h, w = item["a"].shape[-2:]
+        ch, cw = min(h - h % multiple, max_size), min(w - w % multiple, max_size)
+        if ch < multiple or cw < multiple:
+            continue
+        y0, x0 = (h - ch) // 2, (w - cw) // 2
+        crop = {k: item[k][..., y0 : y0 + ch, x0 : x0 + cw] for k in ("a", "b")}
+        crop.update(a_modality=item["a_modality"], b_modality=item["b_modality"], id=item["id"])
+        out.append(crop)
+    return out
+
+
+def _sensor_validator(slices: list[dict], device: torch.device):
+    step = SensorStep(rules=("mean",))
+
+    @torch.no_grad()
+    def validate(bank: torch.nn.Module) -> dict[str, float]:
+        if not slices:
+            return {}
+        was = bank.training
+        bank.eval()
+        total = 0.0
+        for s in slices:
+            a, b = s["a"][None].to(device), s["b"][None].to(device)
+            fused = torch.cat([a, b], 1).mean(1, keepdim=True)
+            total += float(step.loss(bank, a, b, fused, [s["a_modality"]], [s["b_modality"]])["total"])
+        bank.train(was)
+        return {"val_loss": total / len(slices)}
+
+    return validate
+
+
+def _fuser_validator(slices: list[dict], sensors: SensorBank, alpha: float, device: torch.device):
+    loss = EMMALoss(alpha=0.0)
+
+    @torch.no_grad()
+    def validate(fuser: torch.nn.Module) -> dict[str, float]:
+        if not slices:
+            return {}
+        was = fuser.training
+        fuser.eval()
+        sensors.to(device)
+        total = 0.0
+        for s in slices:
+            a, b = s["a"][None].to(device), s["b"][None].to(device)
+            f = fuser(torch.cat([a, b], 1))
+            total += float(loss(sensors(f, [s["a_modality"]]), a, sensors(f, [s["b_modality"]]), b))
+        fuser.train(was)
+        return {"val_loss": total / len(slices)}
+
+    return validate
+
+
+def _bank_export(bank: torch.nn.Module) -> dict:
+    return {
+        "format": "monai-emma-sensors/1",
+        "preset_features": list(next(iter(bank.sensors.values())).features),
+        "sensors": {m: s.state_dict() for m, s in bank.sensors.items()},
+    }
+
+
+def load_sensor_bank(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> SensorBank:
+    """Rebuild a :class:`SensorBank` from a ``sensors.pt`` written by stage 1."""
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != "monai-emma-sensors/1":
+        raise ValueError(f"{path}: not a monai-emma sensors file")
+    bank = SensorBank(list(state["sensors"]), features=state["preset_features"])
+    for m, sd in state["sensors"].items():
+        bank.sensors[m].load_state_dict(sd)
+    return bank
+
+
+def train_sensors(
+    train_pairs: Sequence[SlicePair],
+    val_pairs: Sequence[SlicePair],
+    cfg: TrainConfig,
+    out_dir: str | os.PathLike,
+    device: torch.device,
+    resume: bool = True,
+    progress: bool = True,
+    extra_handlers: Sequence[Any] = (),
+) -> StageResult:
+    """Stage 1: train one pseudo-sensor per modality; writes ``sensors.pt`` in ``out_dir``."""
+    out_dir = Path(out_dir)
+    t0 = time.perf_counter()
+    modalities = sorted({p.a_modality for p in train_pairs} | {p.b_modality for p in train_pairs})
+    torch.manual_seed(cfg.seed)
+    bank = SensorBank(modalities, preset=cfg.sensor_preset).to(device)
+    trainer, epoch_end = build_stage_trainer(
+        "sensors",
+        bank,
+        SensorStep(cfg.stage1_rules, seed=cfg.seed),
+        _dataset(train_pairs, cfg, "sensors"),
+        cfg.sensor,
+        cfg,
+        out_dir,
+        device,
+        validate=_sensor_validator(validation_slices(val_pairs), device),
+        export=_bank_export,
+        resume=resume,
+        progress=progress,
+        extra_handlers=extra_handlers,
+    )
+    trainer.run()
+    path = save_state(_bank_export(bank), out_dir / SENSORS_FILE)
+    return StageResult("sensors", path, epoch_end.history, time.perf_counter() - t0)
+
+
+def train_fuser(
+    train_pairs: Sequence[SlicePair],
+    val_pairs: Sequence[SlicePair],
+    sensors: SensorBank,
+    cfg: TrainConfig,
+    out_dir: str | os.PathLike,
+    device: torch.device,
+    resume: bool = True,
+    progress: bool = True,
+    extra_handlers: Sequence[Any] = (),
+) -> StageResult:
+    """Stage 2: train the U-Fuser against frozen ``sensors``; writes ``ufuser.pt`` in ``out_dir``."""
+    out_dir = Path(out_dir)
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed + 1)
+    fuser = UFuser().to(device)
+    sensors = sensors.to(device).freeze()
+    step = FuserStep(
+        sensors, EMMALoss(alpha=cfg.alpha), TransformGroup(cfg.shifts, cfg.rotations, cfg.reflections), cfg.seed
+    )
+    trainer, epoch_end = build_stage_trainer(
+        "fuser",
+        fuser,
+        step,
+        _dataset(train_pairs, cfg, "fuser"),
+        cfg.fuser,
+        cfg,
+        out_dir,
+        device,
+        validate=_fuser_validator(validation_slices(val_pairs), sensors, cfg.alpha, device),
+        resume=resume,
+        progress=progress,
+        extra_handlers=extra_handlers,
+    )
+    trainer.run()
+    path = save_state(fuser.state_dict(), out_dir / FUSER_FILE)
+    return StageResult("fuser", path, epoch_end.history, time.perf_counter() - t0)
+
+
+def run_training(
+    data: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    cfg: TrainConfig,
+    device: str | torch.device = "cpu",
+    resume: bool = True,
+    progress: bool = True,
+) -> dict[str, StageResult]:
+    """Both stages in this process (``monai-emma train``). A finished stage is not repeated when
+    ``resume`` is set; an interrupted one continues from its last epoch checkpoint."""
+    device = torch.device(device)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pairs = find_pairs(data)
+    train_pairs, val_pairs = split_pairs(pairs, cfg.val_fraction, cfg.seed)
+    (out_dir / "config.json").write_text(cfg.to_json())
+    (out_dir / "split.json").write_text(
+        json.dumps(
+            {"data": str(data), "train": [p.id for p in train_pairs], "val": [p.id for p in val_pairs]}, indent=1
+        )
+    )
+    results: dict[str, StageResult] = {}
+    sensors_path = out_dir / "stage1_sensors" / SENSORS_FILE
+    if resume and sensors_path.exists():
+        logger.info("stage 1 already finished: %s", sensors_path)
+        results["sensors"] = StageResult("sensors", sensors_path)
+    else:
+        results["sensors"] = train_sensors(
+            train_pairs, val_pairs, cfg, out_dir / "stage1_sensors", device, resume=resume, progress=progress
+        )
+    sensors = load_sensor_bank(results["sensors"].weights)
+    fuser_path = out_dir / "stage2_fuser" / FUSER_FILE
+    if resume and fuser_path.exists():
+        logger.info("stage 2 already finished: %s", fuser_path)
+        results["fuser"] = StageResult("fuser", fuser_path)
+    else:
+        results["fuser"] = train_fuser(
+            train_pairs, val_pairs, sensors, cfg, out_dir / "stage2_fuser", device, resume=resume, progress=progress
+        )
+    return results

@@ -1,0 +1,62 @@
+"""The stage-2 objective of EMMA: sensing plus α times equivariance."""
+
+from __future__ import annotations
+
+import torch
+from torch.nn.modules.loss import _Loss
+
+from monai_emma.losses.fusion import FusionLoss
+
+__all__ = ["EMMALoss"]
+
+
+class EMMALoss(_Loss):
+    """``ℓ(A_a(f), a) + ℓ(A_b(f), b) + alpha * ℓ(f_t, F(A_a(f_t), A_b(f_t)))``.
+
+    The networks run in the training step; this module only combines their outputs, so it works
+    with any sensors and any transformation group. ``ℓ`` is :class:`FusionLoss`.
+
+    Args:
+        alpha: weight of the equivariance term (0.1 in the paper; 0 disables it).
+        intensity_weight: ``ℓ``'s pixel term weight.
+        gradient_weight: ``ℓ``'s gradient term weight.
+
+    Shapes:
+        ``sensed_a``, ``a``, ``sensed_b``, ``b``: (B, 1, H, W); ``transformed`` and ``refused``:
+        (G * B, 1, H, W) for a group of G elements (identity included).
+    """
+
+    def __init__(self, alpha: float = 0.1, intensity_weight: float = 1.0, gradient_weight: float = 1.0) -> None:
+        super().__init__()
+        self.alpha = alpha
+        self.fusion_loss = FusionLoss(intensity_weight, gradient_weight)
+
+    def components(
+        self,
+        sensed_a: torch.Tensor,
+        a: torch.Tensor,
+        sensed_b: torch.Tensor,
+        b: torch.Tensor,
+        transformed: torch.Tensor | None = None,
+        refused: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The three terms and their weighted total, as a dict (``sense_a``, ``sense_b``,
+        ``equivariance``, ``total``)."""
+        out = {"sense_a": self.fusion_loss(sensed_a, a), "sense_b": self.fusion_loss(sensed_b, b)}
+        if self.alpha and transformed is not None and refused is not None:
+            out["equivariance"] = self.fusion_loss(refused, transformed)
+        else:
+            out["equivariance"] = torch.zeros((), device=a.device, dtype=a.dtype)
+        out["total"] = out["sense_a"] + out["sense_b"] + self.alpha * out["equivariance"]
+        return out
+
+    def forward(
+        self,
+        sensed_a: torch.Tensor,
+        a: torch.Tensor,
+        sensed_b: torch.Tensor,
+        b: torch.Tensor,
+        transformed: torch.Tensor | None = None,
+        refused: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return self.components(sensed_a, a, sensed_b, b, transformed, refused)["total"]

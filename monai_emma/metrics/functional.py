@@ -1,0 +1,297 @@
+"""Image-fusion quality metrics of the literature (EN, SD, SF, AG, MI, SCD, VIF, Qabf, SSIM), batched in torch.
+
+Conventions follow the reference evaluator of the CDDFuse/EMMA papers (``utils/Evaluator.py`` of
+``Zhaozixiang1228/MMIF-CDDFuse``), read for facts and reimplemented here; ``docs/metrics.md``
+states each one. Inputs are grey images on a 0-255 scale; "sum" metrics add the value over
+(F, A) and over (F, B). Everything runs in float64 on the inputs' device; the Gaussian windows of
+VIF are separable (none of their entries is truncated), so VIF uses two 1D passes per filter.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "METRIC_NAMES",
+    "entropy",
+    "standard_deviation",
+    "spatial_frequency",
+    "average_gradient",
+    "mutual_information",
+    "scd",
+    "vif",
+    "qabf",
+    "ssim",
+    "batch_fusion_metrics",
+]
+
+METRIC_NAMES = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM")
+
+
+def _b(x: torch.Tensor) -> torch.Tensor:
+    """(H, W) or (B, H, W) or (B, 1, H, W) -> (B, H, W) float64."""
+    x = torch.as_tensor(x)
+    if x.ndim == 4:
+        if x.shape[1] != 1:
+            raise ValueError(f"metrics take grey images; got {x.shape[1]} channels")
+        x = x[:, 0]
+    if x.ndim == 2:
+        x = x[None]
+    if x.ndim != 3:
+        raise ValueError(f"expected (H, W), (B, H, W) or (B, 1, H, W); got {tuple(x.shape)}")
+    return x.to(torch.float64)
+
+
+# ---------------------------------------------------------------- single-image metrics
+def entropy(f: torch.Tensor) -> torch.Tensor:
+    """EN: Shannon entropy (bits) of the 256-bin histogram of F rounded to uint8 (half to even,
+    values wrapped like numpy's uint8 cast)."""
+    f = _b(f)
+    q = torch.round(f).to(torch.int64) % 256
+    hist = torch.zeros(f.shape[0], 256, dtype=torch.float64, device=f.device)
+    hist.scatter_add_(1, q.flatten(1), torch.ones_like(q.flatten(1), dtype=torch.float64))
+    p = hist / q[0].numel()
+    return -(p * torch.log2(p + (p == 0))).sum(1)
+
+
+def standard_deviation(f: torch.Tensor) -> torch.Tensor:
+    """SD: population standard deviation of F."""
+    return _b(f).flatten(1).std(1, correction=0)
+
+
+def spatial_frequency(f: torch.Tensor) -> torch.Tensor:
+    """SF: sqrt(mean(horizontal first difference^2) + mean(vertical first difference^2))."""
+    f = _b(f)
+    rf = (f[:, :, 1:] - f[:, :, :-1]).pow(2).mean((1, 2))
+    cf = (f[:, 1:, :] - f[:, :-1, :]).pow(2).mean((1, 2))
+    return torch.sqrt(rf + cf)
+
+
+def _gradient(f: torch.Tensor, dim: int) -> torch.Tensor:
+    """Central differences inside, one-sided at the borders (numpy.gradient's rule)."""
+    g = torch.empty_like(f)
+    n = f.shape[dim]
+    sl = lambda a, b: [slice(None)] * (dim) + [slice(a, b)]  # noqa: E731
+    g[tuple(sl(0, 1))] = f[tuple(sl(1, 2))] - f[tuple(sl(0, 1))]
+    g[tuple(sl(n - 1, n))] = f[tuple(sl(n - 1, n))] - f[tuple(sl(n - 2, n - 1))]
+    g[tuple(sl(1, n - 1))] = (f[tuple(sl(2, n))] - f[tuple(sl(0, n - 2))]) / 2
+    return g
+
+
+def average_gradient(f: torch.Tensor) -> torch.Tensor:
+    """AG: mean of sqrt((Gx^2 + Gy^2) / 2)."""
+    f = _b(f)
+    gx, gy = _gradient(f, 2), _gradient(f, 1)
+    return torch.sqrt((gx * gx + gy * gy) / 2).mean((1, 2))
+
+
+# ---------------------------------------------------------------- pair metrics
+def _mutual_info_single(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """scikit-learn's ``mutual_info_score`` of two label arrays (every distinct value is a label), nats."""
+    _, xi = torch.unique(x.flatten(), return_inverse=True)
+    _, yi = torch.unique(y.flatten(), return_inverse=True)
+    nx, ny = int(xi.max()) + 1, int(yi.max()) + 1
+    joint = torch.bincount(xi * ny + yi, minlength=nx * ny).to(torch.float64).reshape(nx, ny)
+    n = joint.sum()
+    px, py = joint.sum(1), joint.sum(0)
+    nz = joint > 0
+    pij = joint[nz]
+    outer = px[:, None].expand_as(joint)[nz] * py[None, :].expand_as(joint)[nz]
+    mi = (pij / n) * (torch.log(pij) - torch.log(n)) + (pij / n) * (-torch.log(outer) + 2 * torch.log(n))
+    mi = torch.where(mi.abs() < torch.finfo(torch.float64).eps, torch.zeros_like(mi), mi)
+    return mi.sum().clamp_min(0.0)
+
+
+def mutual_information(f, a, b, base: float = math.e) -> torch.Tensor:
+    """MI: MI(F, A) + MI(F, B) from the joint histogram of the grey values (nats by default;
+    ``base=2`` gives bits)."""
+    f, a, b = _b(f), _b(a), _b(b)
+    out = torch.stack([_mutual_info_single(fi, ai) + _mutual_info_single(fi, bi) for fi, ai, bi in zip(f, a, b)])
+    return out / math.log(base)
+
+
+def _corr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    x = x.flatten(1) - x.flatten(1).mean(1, keepdim=True)
+    y = y.flatten(1) - y.flatten(1).mean(1, keepdim=True)
+    return (x * y).sum(1) / torch.sqrt((x * x).sum(1) * (y * y).sum(1))
+
+
+def scd(f, a, b) -> torch.Tensor:
+    """SCD: corr(F - B, A) + corr(F - A, B)."""
+    f, a, b = _b(f), _b(a), _b(b)
+    return _corr(a, f - b) + _corr(b, f - a)
+
+
+def _gauss_1d(n: int, device) -> torch.Tensor:
+    sd = n / 5.0
+    m = (n - 1) / 2.0
+    x = torch.arange(n, dtype=torch.float64, device=device) - m
+    g = torch.exp(-(x * x) / (2 * sd * sd))
+    # MATLAB's fspecial truncation (entries < eps * max set to 0) removes nothing for n <= 17,
+    # so the 2D window is exactly the outer product of this normalised 1D window
+    return g / g.sum()
+
+
+def _filter_valid(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """'valid' 2D convolution of (B, H, W) with the separable window outer(g, g).
+
+    Like ``scipy.signal.convolve2d(..., mode='valid')``, an image smaller than the window in both
+    dimensions swaps the roles (convolution commutes), giving a (k-H+1, k-W+1) result.
+    """
+    k = g.numel()
+    h, w = x.shape[-2:]
+    if h < k and w < k:
+        win = torch.outer(g, g)[None, None]
+        return torch.stack([F.conv2d(win, xi.flip(-2, -1)[None, None])[0, 0] for xi in x])
+    if h < k or w < k:
+        raise ValueError(f"a {h}x{w} image is too small for VIF's {k}x{k} window")
+    y = F.conv2d(x[:, None], g.reshape(1, 1, k, 1))
+    return F.conv2d(y, g.reshape(1, 1, 1, k))[:, 0]
+
+
+def _vif_single_ref(ref: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
+    """Pixel-domain VIF of ``dist`` against ``ref`` (B, H, W), 4 scales, with the reference's clamps."""
+    sigma_nsq, eps = 2.0, 1e-10
+    num = torch.zeros(ref.shape[0], dtype=torch.float64, device=ref.device)
+    den = torch.zeros_like(num)
+    for scale in range(1, 5):
+        n = 2 ** (4 - scale + 1) + 1
+        g = _gauss_1d(n, ref.device)
+        if scale > 1:
+            ref = _filter_valid(ref, g)[:, ::2, ::2]
+            dist = _filter_valid(dist, g)[:, ::2, ::2]
+        mu1, mu2 = _filter_valid(ref, g), _filter_valid(dist, g)
+        s1 = _filter_valid(ref * ref, g) - mu1 * mu1
+        s2 = _filter_valid(dist * dist, g) - mu2 * mu2
+        s12 = _filter_valid(ref * dist, g) - mu1 * mu2
+        s1 = s1.clamp_min(0)
+        s2 = s2.clamp_min(0)
+        gain = s12 / (s1 + eps)
+        sv = s2 - gain * s12
+        low1 = s1 < eps
+        gain = torch.where(low1, torch.zeros_like(gain), gain)
+        sv = torch.where(low1, s2, sv)
+        s1 = torch.where(low1, torch.zeros_like(s1), s1)
+        low2 = s2 < eps
+        gain = torch.where(low2, torch.zeros_like(gain), gain)
+        sv = torch.where(low2, torch.zeros_like(sv), sv)
+        neg = gain < 0
+        sv = torch.where(neg, s2, sv)
+        gain = gain.clamp_min(0)
+        sv = sv.clamp_min(eps)  # sv <= eps -> eps
+        num = num + torch.log10(1 + gain * gain * s1 / (sv + sigma_nsq)).sum((1, 2))
+        den = den + torch.log10(1 + s1 / sigma_nsq).sum((1, 2))
+    v = num / den
+    return torch.where(torch.isnan(v), torch.ones_like(v), v)
+
+
+def vif(f, a, b) -> torch.Tensor:
+    """VIF: VIF(A -> F) + VIF(B -> F), Sheikh-Bovik multi-scale pixel domain (1.0 where a ratio is NaN)."""
+    f, a, b = _b(f), _b(a), _b(b)
+    return _vif_single_ref(a, f) + _vif_single_ref(b, f)
+
+
+_SOBEL_Y = torch.tensor([[1.0, 2.0, 1.0], [0.0, 0.0, 0.0], [-1.0, -2.0, -1.0]])
+_SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+
+
+def _sobel_strength_angle(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # true convolution ('same', zero padding) = correlation with the kernel rotated by 180 degrees
+    k = torch.stack([_SOBEL_X.flip(0, 1), _SOBEL_Y.flip(0, 1)])[:, None].to(x)
+    s = F.conv2d(x[:, None], k, padding=1)
+    sx, sy = s[:, 0], s[:, 1]
+    g = torch.sqrt(sx * sx + sy * sy)
+    zero = sx == 0
+    angle = torch.where(
+        zero, torch.full_like(sx, math.pi / 2), torch.atan(sy / torch.where(zero, torch.ones_like(sx), sx))
+    )
+    return g, angle
+
+
+def _qabf_edge(ga, aa, gf, af) -> torch.Tensor:
+    tg, kg, dg = 0.9994, -15.0, 0.5
+    ta, ka, da = 0.9879, -22.0, 0.8
+    safe_ga = torch.where(ga == 0, torch.ones_like(ga), ga)
+    safe_gf = torch.where(gf == 0, torch.ones_like(gf), gf)
+    # the reference's quirk: where g_A equals g_F the strength ratio is g_F, not 1
+    ratio = torch.where(ga > gf, gf / safe_ga, torch.where(ga < gf, ga / safe_gf, gf))
+    aaf = 1 - (aa - af).abs() / (math.pi / 2)
+    qg = tg / (1 + torch.exp(kg * (ratio - dg)))
+    qa = ta / (1 + torch.exp(ka * (aaf - da)))
+    return qg * qa
+
+
+def qabf(f, a, b) -> torch.Tensor:
+    """Qabf: Xydeas-Petrovic edge preservation with 3x3 Sobel operators, weights g_A and g_B."""
+    f, a, b = _b(f), _b(a), _b(b)
+    ga, aa = _sobel_strength_angle(a)
+    gb, ab = _sobel_strength_angle(b)
+    gf, af = _sobel_strength_angle(f)
+    qaf, qbf = _qabf_edge(ga, aa, gf, af), _qabf_edge(gb, ab, gf, af)
+    return (qaf * ga + qbf * gb).sum((1, 2)) / (ga + gb).sum((1, 2))
+
+
+def _uniform_reflect(x: torch.Tensor, size: int = 7) -> torch.Tensor:
+    """scipy.ndimage.uniform_filter (mode 'reflect': edge sample repeated) on (B, H, W)."""
+    p = size // 2
+    # scipy's 'reflect' repeats the edge sample (d c b a | a b c d | d c b a), i.e. numpy's 'symmetric'
+    y = torch.cat([x[:, :p].flip(1), x, x[:, -p:].flip(1)], 1)
+    y = torch.cat([y[:, :, :p].flip(2), y, y[:, :, -p:].flip(2)], 2)
+    k = torch.full((1, 1, size, 1), 1.0 / size, dtype=x.dtype, device=x.device)
+    y = F.conv2d(y[:, None], k)
+    return F.conv2d(y, k.reshape(1, 1, 1, size))[:, 0]
+
+
+def _ssim_single(x: torch.Tensor, y: torch.Tensor, data_range: float) -> torch.Tensor:
+    """scikit-image's ``structural_similarity`` defaults: 7x7 uniform window, K1 0.01, K2 0.03,
+    sample covariance, mean over the image without a 3-pixel border."""
+    win = 7
+    ndim = 2
+    cov_norm = win**ndim / (win**ndim - 1)
+    ux, uy = _uniform_reflect(x, win), _uniform_reflect(y, win)
+    uxx, uyy, uxy = _uniform_reflect(x * x, win), _uniform_reflect(y * y, win), _uniform_reflect(x * y, win)
+    vx, vy, vxy = cov_norm * (uxx - ux * ux), cov_norm * (uyy - uy * uy), cov_norm * (uxy - ux * uy)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    pad = (win - 1) // 2
+    return s[:, pad:-pad, pad:-pad].mean((1, 2))
+
+
+def ssim(f, a, b, data_range: float = 2.0) -> torch.Tensor:
+    """SSIM: SSIM(F, A) + SSIM(F, B). ``data_range=2`` reproduces the published numbers (what old
+    scikit-image inferred for float images); ``data_range=255`` is the standard variant."""
+    f, a, b = _b(f), _b(a), _b(b)
+    return _ssim_single(f, a, data_range) + _ssim_single(f, b, data_range)
+
+
+_SINGLE = {"EN": entropy, "SD": standard_deviation, "SF": spatial_frequency, "AG": average_gradient}
+_PAIR = {"MI": mutual_information, "SCD": scd, "VIF": vif, "Qabf": qabf, "SSIM": ssim}
+
+
+def batch_fusion_metrics(fused, a, b, metrics=None, ssim_data_range: float = 2.0) -> dict[str, torch.Tensor]:
+    """All (or the selected) metrics for a batch: dict of (B,) float64 tensors.
+
+    Args:
+        fused, a, b: (B, H, W) or (B, 1, H, W) grey images on a 0-255 scale (any device).
+        metrics: names from :data:`METRIC_NAMES` (default: all, in that order).
+        ssim_data_range: see :func:`ssim`.
+    """
+    names = tuple(metrics) if metrics is not None else METRIC_NAMES
+    unknown = [m for m in names if m not in METRIC_NAMES]
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; choose from {METRIC_NAMES}")
+    f, a_, b_ = _b(fused), _b(a), _b(b)
+    if not (f.shape == a_.shape == b_.shape):
+        raise ValueError(f"shape mismatch: fused {tuple(f.shape)}, a {tuple(a_.shape)}, b {tuple(b_.shape)}")
+    out = {}
+    for name in names:
+        if name in _SINGLE:
+            out[name] = _SINGLE[name](f)
+        elif name == "SSIM":
+            out[name] = ssim(f, a_, b_, ssim_data_range)
+        else:
+            out[name] = _PAIR[name](f, a_, b_)
+    return out

@@ -1,0 +1,23 @@
+"""Transforms: the equivariance group, colour (YCbCr), intensity and foreground-aware patches."""
+
+from monai_emma.transforms.colour import RGBToYCbCr, RGBToYCbCrd, is_colour, rgb_to_ycbcr, ycbcr_to_rgb
+from monai_emma.transforms.equivariance import RandCircularShift, Reflection, Rotation, TransformGroup, rotate
+from monai_emma.transforms.intensity import ScaleToUnit, ScaleToUnitd
+from monai_emma.transforms.patches import RandForegroundPatchd, foreground_mask
+
+__all__ = [
+    "RGBToYCbCr",
+    "RGBToYCbCrd",
+    "is_colour",
+    "rgb_to_ycbcr",
+    "ycbcr_to_rgb",
+    "RandCircularShift",
+    "Reflection",
+    "Rotation",
+    "TransformGroup",
+    "rotate",
+    "ScaleToUnit",
+    "ScaleToUnitd",
+    "RandForegroundPatchd",
+    "foreground_mask",
+]

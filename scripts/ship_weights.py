@@ -1,0 +1,76 @@
+"""Copy a finished training run's weights into the package (``monai_emma/weights``) with a record.
+
+    python scripts/ship_weights.py RUN_DIR [--name default] [--command "monai-emma train ..."]
+
+Writes ``emma_ufuser_<name>.pt``, ``emma_sensors_<name>.pt`` and updates ``weights.json`` with
+the data split, recipe, epochs, wall time, hardware, seed and the first/last losses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _history(path: Path) -> list[dict[str, float]]:
+    with path.open() as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--name", default="default")
+    parser.add_argument("--command", default="", help="the command that produced the run (recorded)")
+    parser.add_argument("--notes", default="")
+    args = parser.parse_args(argv)
+    run = args.run_dir
+    cfg = json.loads((run / "config.json").read_text())
+    split = json.loads((run / "split.json").read_text())
+    dest = ROOT / "monai_emma" / "weights"
+    files = {"ufuser": f"emma_ufuser_{args.name}.pt", "sensors": f"emma_sensors_{args.name}.pt"}
+    # state dicts only, saved fresh (no optimiser state, no pickled objects)
+    torch.save(torch.load(run / "stage2_fuser" / "ufuser.pt", weights_only=True), dest / files["ufuser"])
+    shutil.copyfile(run / "stage1_sensors" / "sensors.pt", dest / files["sensors"])
+    record: dict = {"format": 1, "sets": {}}
+    info_path = dest / "weights.json"
+    if info_path.exists():
+        record = json.loads(info_path.read_text())
+    stages = {}
+    for stage, sub in (("sensors", "stage1_sensors"), ("fuser", "stage2_fuser")):
+        hist = _history(run / sub / f"history_{stage}.csv")
+        stages[stage] = {
+            "epochs": len(hist),
+            "wall_minutes": round(sum(r["seconds"] for r in hist) / 60, 1),
+            "first_epoch": {k: round(v, 5) for k, v in hist[0].items() if k.startswith(("train_", "val_"))},
+            "last_epoch": {k: round(v, 5) for k, v in hist[-1].items() if k.startswith(("train_", "val_"))},
+        }
+    record["sets"][args.name] = {
+        **files,
+        "data": split["data"],
+        "train_pairs": len(split["train"]),
+        "val_pairs": split["val"],
+        "recipe": cfg["recipe"],
+        "config": cfg,
+        "stages": stages,
+        "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, CPU only",
+        "torch": torch.__version__,
+        "command": args.command,
+        "notes": args.notes,
+    }
+    info_path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"shipped {args.name}: {[str(dest / f) for f in files.values()]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Shared fixtures: a tiny synthetic Harvard-style dataset, and the optional shared data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def write_phantom_dataset(root: Path, size: int = 64, n: int = 4, modalities=("CT", "PET")) -> Path:
+    """Harvard-style folders ``MRI_<M>/{MRI,<M>}/<i>.png`` of phantom slices (PET in pseudo-colour)."""
+    from monai_emma.data.phantom import phantom_slice_pair
+
+    for mod in modalities:
+        for i in range(n):
+            mri, other = phantom_slice_pair(size, mod.lower(), seed=i)
+            shift = (i % 3) - 1  # vary the anatomy a little between slices
+            mri, other = np.roll(mri, shift, 0), np.roll(other, shift, 1)
+            grey = (mri * 255).round().astype(np.uint8)
+            if mod == "CT":
+                other_img = np.repeat(((other * 255).round().astype(np.uint8))[..., None], 3, 2)
+            else:  # pseudo-colour: a red-yellow ramp
+                o = other
+                other_img = (np.stack([np.clip(2 * o, 0, 1), np.clip(2 * o - 0.5, 0, 1), o * 0.2], -1) * 255).round()
+                other_img = other_img.astype(np.uint8)
+            for folder, img in (("MRI", np.repeat(grey[..., None], 3, 2)), (mod, other_img)):
+                d = root / f"MRI_{mod}" / folder
+                d.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(img).save(d / f"{i + 1}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def phantom_root(tmp_path_factory) -> Path:
+    return write_phantom_dataset(tmp_path_factory.mktemp("phantom_pairs"))
+
+
+@pytest.fixture(scope="session")
+def harvard_root() -> Path:
+    root = SHARED_DATA / "harvard"
+    if not root.is_dir():
+        pytest.skip("../shared/data/harvard is not available")
+    return root

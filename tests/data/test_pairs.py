@@ -1,0 +1,64 @@
+import shutil
+
+import pytest
+import torch
+
+from monai_emma.data.pairs import PairDataError, PairedPatchDataset, find_pairs, load_pair, split_pairs
+
+
+def test_find_pairs_and_modalities(phantom_root):
+    pairs = find_pairs(phantom_root)
+    assert len(pairs) == 8
+    assert {p.pair for p in pairs} == {"MRI_CT", "MRI_PET"}
+    assert {p.b_modality for p in pairs} == {"ct", "pet"} and {p.a_modality for p in pairs} == {"mri"}
+    one = find_pairs(phantom_root / "MRI_CT")  # a single pair folder works too
+    assert [p.stem for p in one] == ["1", "2", "3", "4"]
+
+
+def test_split_is_reproducible_and_stratified(phantom_root):
+    pairs = find_pairs(phantom_root)
+    train, val = split_pairs(pairs, 0.25, seed=0)
+    assert len(val) == 2 and {p.pair for p in val} == {"MRI_CT", "MRI_PET"}
+    assert not {p.id for p in train} & {p.id for p in val}
+    assert [p.id for p in split_pairs(pairs, 0.25, seed=0)[1]] == [p.id for p in val]
+
+
+def test_load_pair_luminance_and_colour_flag(phantom_root):
+    ct, pet = find_pairs(phantom_root / "MRI_CT")[0], find_pairs(phantom_root / "MRI_PET")[0]
+    d = load_pair(ct)
+    assert d["a"].shape == (1, 64, 64) and 0 <= d["a"].min() and d["a"].max() <= 1
+    assert d["b_is_colour"] is False
+    assert load_pair(pet)["b_is_colour"] is True
+
+
+def test_unmatched_and_unreadable_files(tmp_path, phantom_root):
+    root = tmp_path / "d"
+    shutil.copytree(phantom_root / "MRI_CT", root / "MRI_CT")
+    (root / "MRI_CT" / "CT" / "4.png").unlink()
+    with pytest.raises(PairDataError, match=r"MRI_CT/MRI without a partner \(4\)"):
+        find_pairs(root)
+    (root / "MRI_CT" / "MRI" / "4.png").unlink()
+    (root / "MRI_CT" / "CT" / "3.png").write_bytes(b"not a png")
+    pairs = find_pairs(root)
+    with pytest.raises(PairDataError, match=r"3.png: not a readable image"):
+        [load_pair(p) for p in pairs]
+    with pytest.raises(PairDataError, match="no image pairs found"):
+        find_pairs(tmp_path / "d" / "MRI_CT" / "MRI")
+    with pytest.raises(PairDataError, match="no such data folder"):
+        find_pairs(tmp_path / "missing")
+
+
+def test_patch_dataset_is_deterministic_per_epoch(phantom_root):
+    ds = PairedPatchDataset(find_pairs(phantom_root), patch_size=32, patches_per_image=2, seed=5)
+    assert len(ds) == 16
+    first = ds[3]
+    assert first["a"].shape == (1, 32, 32) and first["b_modality"] in ("ct", "pet")
+    assert torch.equal(ds[3]["a"], first["a"])
+    ds.set_epoch(1)
+    assert not torch.equal(ds[3]["a"], first["a"])
+
+
+@pytest.mark.shared_data
+def test_shared_harvard_layout(harvard_root):
+    pairs = find_pairs(harvard_root)
+    assert len(pairs) >= 45 and {"ct", "pet", "spect"} <= {p.b_modality for p in pairs}

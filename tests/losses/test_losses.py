@@ -1,0 +1,41 @@
+import pytest
+import torch
+
+from monai_emma.losses import EMMALoss, FusionLoss, sobel_gradients
+
+
+def test_fusion_loss_zero_for_equal_positive_otherwise():
+    x = torch.rand(2, 1, 32, 32)
+    loss = FusionLoss()
+    assert loss(x, x).item() == 0.0
+    assert loss(x, x + 0.1).item() == pytest.approx(0.1, rel=1e-5)  # gradients equal: only the L1 term
+    y = x.clone()
+    y[..., 10:20, 10:20] = 1.0
+    assert loss(x, y) > FusionLoss(gradient_weight=0.0)(x, y) > 0
+
+
+def test_sobel_gradients_of_a_ramp():
+    ramp = torch.arange(16.0).repeat(16, 1)[None, None]  # increases by 1 per column
+    g = sobel_gradients(ramp)
+    assert g.shape == (1, 1, 2, 16, 16)
+    assert torch.allclose(g[0, 0, 0, :, 1:-1], torch.full((16, 14), 1.0))  # normalised: d/dx = 1
+    assert torch.allclose(g[0, 0, 1], torch.zeros(16, 16))
+    # replicate borders: one-sided difference halves the response at the edge columns
+    assert torch.allclose(g[0, 0, 0, :, 0], torch.full((16,), 0.5))
+
+
+def test_fusion_loss_shape_mismatch():
+    with pytest.raises(ValueError, match="differ in shape"):
+        FusionLoss()(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 9))
+
+
+def test_emma_loss_components():
+    a, b = torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16)
+    t = torch.rand(8, 1, 16, 16)
+    loss = EMMALoss(alpha=0.5)
+    parts = loss.components(a, a, b + 0.2, b, t, t + 0.1)
+    assert parts["sense_a"] == 0
+    assert parts["sense_b"].item() == pytest.approx(0.2, rel=1e-5)
+    assert parts["equivariance"].item() == pytest.approx(0.1, rel=1e-4)
+    assert parts["total"].item() == pytest.approx(0.2 + 0.5 * 0.1, rel=1e-4)
+    assert EMMALoss(alpha=0.0)(a, a, b, b, t, t + 1) == 0

@@ -1,0 +1,146 @@
+"""Fusion metrics: hand-derivable values on synthetic images, and the reference evaluator's values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from monai_emma.metrics import METRIC_NAMES, FusionMetric, batch_fusion_metrics, fusion_metrics, read_gray
+
+# values of the reference evaluator (CDDFuse utils/Evaluator.py, SSIM data_range=2) on the shared pairs
+REFERENCE = {
+    ("MRI_CT/11", "mean"): [4.714690, 55.994862, 21.380339, 5.690726, 2.672208, 0.955178, 0.444762, 0.370157, 1.275246],
+    ("MRI_CT/11", "max"): [4.685879, 84.569069, 34.877987, 8.362610, 3.655038, 1.490212, 0.583266, 0.610938, 1.340671],
+    ("MRI_PET/20", "mean"): [
+        4.475641,
+        59.152683,
+        16.952942,
+        5.082920,
+        2.397281,
+        0.986369,
+        0.663846,
+        0.413062,
+        1.426252,
+    ],
+    ("MRI_PET/20", "max"): [4.600585, 81.663979, 31.078524, 8.416309, 3.618735, 1.582644, 0.961601, 0.734496, 1.464912],
+    ("MRI_SPECT/30", "mean"): [
+        3.746372,
+        47.218849,
+        9.875584,
+        2.674168,
+        2.275394,
+        0.645340,
+        0.501170,
+        0.363602,
+        1.451129,
+    ],
+    ("MRI_SPECT/30", "max"): [
+        3.954289,
+        58.356544,
+        15.542601,
+        3.624473,
+        3.328428,
+        1.423316,
+        0.523252,
+        0.558610,
+        1.467805,
+    ],
+}
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("pair_id, rule", sorted(REFERENCE))
+def test_reference_values(harvard_root, pair_id, rule):
+    pair, stem = pair_id.split("/")
+    other = pair.split("_")[1]
+    a = read_gray(harvard_root / pair / "MRI" / f"{stem}.png")
+    b = read_gray(harvard_root / pair / other / f"{stem}.png")
+    fused = np.round((a + b) / 2) if rule == "mean" else np.maximum(a, b)
+    before = (fused.copy(), a.copy(), b.copy())
+    got = fusion_metrics(fused, a, b)
+    assert list(got) == list(METRIC_NAMES)
+    for name, expected in zip(METRIC_NAMES, REFERENCE[(pair_id, rule)]):
+        assert got[name] == pytest.approx(expected, rel=1e-4), name
+    for x, y in zip((fused, a, b), before):
+        assert np.array_equal(x, y)  # inputs untouched
+
+
+def test_single_image_metrics_by_hand():
+    img = np.zeros((4, 4), np.float32)
+    img[:, 2:] = 100.0  # two columns of 0, two of 100
+    m = fusion_metrics(img, img, img, ["EN", "SD", "SF", "AG"])
+    assert m["EN"] == pytest.approx(1.0)  # two equally likely grey levels: 1 bit
+    assert m["SD"] == pytest.approx(50.0)
+    # one horizontal step of 100 in 3 differences per row; no vertical change
+    assert m["SF"] == pytest.approx(math.sqrt(100.0**2 / 3))
+    # Gx: columns [0, 50, 50, 0] (central differences inside, one-sided at borders); Gy = 0
+    assert m["AG"] == pytest.approx(np.mean([0, 50, 50, 0]) / math.sqrt(2))
+
+
+def test_pair_metrics_by_hand():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (32, 32)).astype(np.float64)
+    b = rng.integers(0, 256, (32, 32)).astype(np.float64)
+    same = fusion_metrics(a, a, a, ["MI", "SSIM", "Qabf", "VIF"])
+    # MI(F, F) is the entropy of F in nats; twice for the two sources
+    _, counts = np.unique(a, return_counts=True)
+    p = counts / counts.sum()
+    assert same["MI"] == pytest.approx(2 * -(p * np.log(p)).sum(), rel=1e-10)
+    assert same["SSIM"] == pytest.approx(2.0)
+    assert same["VIF"] == pytest.approx(2.0, rel=1e-6)
+    # MI(F=A, A, B) = H(A) + MI(A, B), and MI(A, B, B) = 2 MI(A, B)
+    mi_ab = fusion_metrics(a, b, b, ["MI"])["MI"] / 2
+    assert 0 < mi_ab < same["MI"] / 2
+    assert fusion_metrics(a, a, b, ["MI"])["MI"] == pytest.approx(same["MI"] / 2 + mi_ab, rel=1e-10)
+    # F = A + B - mean: corr(F - B, A) = 1 and corr(F - A, B) = 1
+    assert fusion_metrics(a + b, a, b, ["SCD"])["SCD"] == pytest.approx(2.0)
+    bits = batch_fusion_metrics(torch.tensor(a)[None], torch.tensor(a)[None], torch.tensor(b)[None], ["MI"])
+    nats = float(bits["MI"][0])
+    from monai_emma.metrics.functional import mutual_information
+
+    assert float(mutual_information(a, a, b, base=2)[0]) == pytest.approx(nats / math.log(2))
+
+
+def test_batched_equals_single_and_torch_input():
+    rng = np.random.default_rng(1)
+    imgs = [rng.random((3, 64, 72)) * 255 for _ in range(3)]
+    f, a, b = (torch.tensor(x) for x in imgs)
+    batched = batch_fusion_metrics(f, a, b)
+    for i in range(3):
+        single = fusion_metrics(f[i], a[i], b[i])
+        for name in METRIC_NAMES:
+            assert float(batched[name][i]) == pytest.approx(single[name], rel=1e-9), name
+
+
+def test_errors():
+    x = np.zeros((8, 8))
+    with pytest.raises(ValueError, match="2D grey image"):
+        fusion_metrics(np.zeros((8, 8, 3)), x, x)
+    with pytest.raises(ValueError, match="unknown metrics"):
+        fusion_metrics(x, x, x, ["PSNR2"])
+    with pytest.raises(ValueError, match="shape mismatch"):
+        fusion_metrics(np.zeros((8, 9)), x, x)
+
+
+def test_cumulative_metric_for_monai_handlers():
+    metric = FusionMetric(metrics=["SD", "SCD"])
+    rng = np.random.default_rng(2)
+    src = torch.tensor(rng.random((2, 2, 32, 32)), dtype=torch.float32)
+    fused = src.mean(1, keepdim=True)
+    metric(y_pred=fused, y=src)
+    metric(y_pred=fused, y=src)
+    agg = metric.aggregate()
+    expected = fusion_metrics((fused[0, 0] * 255).round(), (src[0, 0] * 255).round(), (src[0, 1] * 255).round())
+    assert set(agg) == {"SD", "SCD"}
+    assert agg["SD"] == pytest.approx(
+        np.mean(
+            [fusion_metrics((fused[i, 0] * 255).round(), src[i, 0] * 255, src[i, 1] * 255)["SD"] for i in range(2)]
+        ),
+        rel=1e-6,
+    )
+    assert np.isfinite(expected["SCD"])
+    metric.reset()
+    assert metric.aggregate() == {}
