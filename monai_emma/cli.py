@@ -89,6 +89,28 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from monai_emma.data.pairs import PairDataError
+    from monai_emma.evaluation import evaluate
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    try:
+        result = evaluate(
+            args.root,
+            methods,
+            weights=args.weights,
+            output=args.output,
+            grid_pairs=args.grid_pairs,
+            device=args.device,
+            mlflow_uri=args.mlflow_uri,
+        )
+    except (PairDataError, ValueError, FileNotFoundError) as err:
+        raise CLIError(str(err)) from err
+    for kind, path in result.files.items():
+        print(f"wrote {kind}: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from monai_emma import __version__
 
@@ -121,6 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     train.add_argument("--restart", action="store_true", help="ignore existing checkpoints in --output")
     train.set_defaults(func=_cmd_train)
+
+    ev = sub.add_parser("evaluate", help="fuse a paired dataset with EMMA and classical rules; score and report")
+    ev.add_argument("root", help="Harvard-style or IVF-style folder of pairs")
+    ev.add_argument("--methods", default="emma,mean,max,laplacian,wavelet", help="comma-separated methods")
+    ev.add_argument("--weights", help="U-Fuser state dict for emma (default: the shipped weights)")
+    ev.add_argument("--output", default="emma-eval", help="report folder (default: emma-eval)")
+    ev.add_argument("--grid-pairs", type=int, default=4, help="pairs in the comparison grid")
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--mlflow-uri", help="also log the tables and grid to this MLflow tracking URI")
+    ev.set_defaults(func=_cmd_evaluate)
     return parser
 
 

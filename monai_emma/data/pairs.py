@@ -12,7 +12,6 @@ Channel convention: ``a`` is the anatomical image (MRI, visible), ``b`` the othe
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,8 +26,6 @@ __all__ = ["SlicePair", "find_pairs", "split_pairs", "load_pair", "PairedPatchDa
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 ANATOMICAL = ("MRI", "VI", "VIS", "VISIBLE")
 IVF_FOLDERS = {"vi": "ir"}
-
-logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
 
 
 class PairDataError(ValueError):
@@ -140,40 +137,44 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     Raises:
         PairDataError: the file is missing or not a readable image.
     """
-    from monai.data import PILReader
+    from monai_emma.transforms.io import LoadPairedSliced, SliceReadError
 
     path = Path(path)
     if not path.is_file():
         raise PairDataError(f"{path}: no such file")
     try:
-        reader = PILReader(reverse_indexing=False)
-        data, _ = reader.get_data(reader.read(str(path)))
-    except Exception as err:  # PIL raises several types; summarise them
-        raise PairDataError(f"{path}: not a readable image ({type(err).__name__}: {str(err).splitlines()[0]})") from err
-    arr = np.asarray(data, dtype=np.float32)
-    if arr.ndim == 2:
-        arr = arr[None]
-    elif arr.ndim == 3:
-        arr = np.moveaxis(arr, -1, 0)[:3]
-    else:
-        raise PairDataError(f"{path}: expected a 2D image, got an array of shape {arr.shape}")
-    return arr
+        return LoadPairedSliced(["image"])({"image": str(path)})["image"]
+    except SliceReadError as err:
+        raise PairDataError(str(err)) from err
 
 
 def load_pair(pair: SlicePair) -> dict:
     """Load one pair as luminance in [0, 1]: ``a``, ``b`` (1, H, W) tensors, the other modality's
-    chroma ``b_cbcr`` (2, H, W), ``b_is_colour``, and the pair's metadata."""
+    chroma ``b_cbcr`` (2, H, W), ``b_is_colour``, and the pair's metadata.
+
+    The dictionary pipeline: :class:`~monai_emma.transforms.io.LoadPairedSliced` (MONAI
+    ``LoadImaged``), :class:`~monai_emma.transforms.ScaleToUnitd`,
+    :class:`~monai_emma.transforms.RGBToYCbCrd`.
+    """
+    from monai.transforms import Compose
+
     from monai_emma.transforms.colour import RGBToYCbCrd
     from monai_emma.transforms.intensity import ScaleToUnitd
+    from monai_emma.transforms.io import LoadPairedSliced, SliceReadError
 
-    d = {"a": read_image(pair.a), "b": read_image(pair.b)}
-    if d["a"].shape[-2:] != d["b"].shape[-2:]:
-        raise PairDataError(
-            f"{pair.a} and {pair.b}: sizes differ ({d['a'].shape[-2]}x{d['a'].shape[-1]} vs "
-            f"{d['b'].shape[-2]}x{d['b'].shape[-1]})"
-        )
-    d = ScaleToUnitd(["a", "b"])(d)
-    d = RGBToYCbCrd(["a", "b"])(d)
+    for p in (pair.a, pair.b):
+        if not Path(p).is_file():
+            raise PairDataError(f"{p}: no such file")
+    pipeline = Compose([LoadPairedSliced(["a", "b"]), ScaleToUnitd(["a", "b"]), RGBToYCbCrd(["a", "b"])])
+    try:
+        d = pipeline({"a": str(pair.a), "b": str(pair.b)})
+    except SliceReadError as err:
+        raise PairDataError(str(err)) from err
+    except RuntimeError as err:  # Compose wraps transform errors
+        cause = err.__cause__ if isinstance(err.__cause__, SliceReadError) else None
+        if cause is None:
+            raise
+        raise PairDataError(str(cause)) from err
     out = {k: torch.as_tensor(np.ascontiguousarray(v)) for k, v in d.items() if not k.endswith("_is_colour")}
     out.update(
         b_is_colour=d["b_is_colour"],

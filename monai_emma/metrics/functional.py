@@ -89,17 +89,32 @@ def average_gradient(f: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- pair metrics
+def _labels(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Integer labels of the distinct values of ``x`` and their count. 8-bit-valued images use
+    their values directly (MI does not depend on how labels are numbered; empty bins drop out)."""
+    flat = x.flatten()
+    if bool(((flat >= 0) & (flat <= 255) & (flat == flat.round())).all()):
+        return flat.to(torch.int64), 256
+    _, inverse = torch.unique(flat, return_inverse=True)
+    return inverse, int(inverse.max()) + 1
+
+
 def _mutual_info_single(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """scikit-learn's ``mutual_info_score`` of two label arrays (every distinct value is a label), nats."""
-    _, xi = torch.unique(x.flatten(), return_inverse=True)
-    _, yi = torch.unique(y.flatten(), return_inverse=True)
-    nx, ny = int(xi.max()) + 1, int(yi.max()) + 1
-    joint = torch.bincount(xi * ny + yi, minlength=nx * ny).to(torch.float64).reshape(nx, ny)
-    n = joint.sum()
-    px, py = joint.sum(1), joint.sum(0)
-    nz = joint > 0
-    pij = joint[nz]
-    outer = px[:, None].expand_as(joint)[nz] * py[None, :].expand_as(joint)[nz]
+    xi, nx = _labels(x)
+    yi, ny = _labels(y)
+    pair = xi * ny + yi
+    if nx * ny <= 1 << 20:  # dense joint histogram
+        counts = torch.bincount(pair, minlength=nx * ny).to(torch.float64)
+        ids = counts.nonzero().flatten()
+        pij = counts[ids]
+    else:  # sparse: only the pairs that occur
+        ids, c = torch.unique(pair, return_counts=True)
+        pij = c.to(torch.float64)
+    px = torch.bincount(xi, minlength=nx).to(torch.float64)
+    py = torch.bincount(yi, minlength=ny).to(torch.float64)
+    n = pij.sum()
+    outer = px[ids // ny] * py[ids % ny]
     mi = (pij / n) * (torch.log(pij) - torch.log(n)) + (pij / n) * (-torch.log(outer) + 2 * torch.log(n))
     mi = torch.where(mi.abs() < torch.finfo(torch.float64).eps, torch.zeros_like(mi), mi)
     return mi.sum().clamp_min(0.0)
@@ -148,50 +163,71 @@ def _filter_valid(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         return torch.stack([F.conv2d(win, xi.flip(-2, -1)[None, None])[0, 0] for xi in x])
     if h < k or w < k:
         raise ValueError(f"a {h}x{w} image is too small for VIF's {k}x{k} window")
-    y = F.conv2d(x[:, None], g.reshape(1, 1, k, 1))
-    return F.conv2d(y, g.reshape(1, 1, 1, k))[:, 0]
+    gv, gh = g.reshape(1, 1, k, 1), g.reshape(1, 1, 1, k)
+    if x.device.type == "cpu":
+        # float64 convolution over a batch takes a slow path on CPU (measured 112 ms vs 14 ms for
+        # the same 8 images one by one)
+        return torch.stack([F.conv2d(F.conv2d(xi[None, None], gv), gh)[0, 0] for xi in x])
+    return F.conv2d(F.conv2d(x[:, None], gv), gh)[:, 0]
 
 
-def _vif_single_ref(ref: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
-    """Pixel-domain VIF of ``dist`` against ``ref`` (B, H, W), 4 scales, with the reference's clamps."""
-    sigma_nsq, eps = 2.0, 1e-10
-    num = torch.zeros(ref.shape[0], dtype=torch.float64, device=ref.device)
-    den = torch.zeros_like(num)
+def _vif_terms(s1, s2, s12, eps: float = 1e-10, sigma_nsq: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Numerator and denominator sums of one scale, with the reference's clamping rules."""
+    s1 = s1.clamp_min(0)
+    s2 = s2.clamp_min(0)
+    gain = s12 / (s1 + eps)
+    sv = s2 - gain * s12
+    low1 = s1 < eps
+    gain = torch.where(low1, torch.zeros_like(gain), gain)
+    sv = torch.where(low1, s2, sv)
+    s1 = torch.where(low1, torch.zeros_like(s1), s1)
+    low2 = s2 < eps
+    gain = torch.where(low2, torch.zeros_like(gain), gain)
+    sv = torch.where(low2, torch.zeros_like(sv), sv)
+    sv = torch.where(gain < 0, s2, sv)
+    gain = gain.clamp_min(0)
+    sv = sv.clamp_min(eps)  # sv <= eps -> eps
+    num = torch.log10(1 + gain * gain * s1 / (sv + sigma_nsq)).sum((-2, -1))
+    den = torch.log10(1 + s1 / sigma_nsq).sum((-2, -1))
+    return num, den
+
+
+def _vif_pair(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """VIF(A -> F) + VIF(B -> F) for (B, H, W) batches; the distorted image's statistics are
+    filtered once and shared by both references."""
+    refs = torch.stack([a, b], 1)  # (B, 2, H, W)
+    dist = f
+    nums = torch.zeros(refs.shape[:2], dtype=torch.float64, device=f.device)
+    dens = torch.zeros_like(nums)
     for scale in range(1, 5):
         n = 2 ** (4 - scale + 1) + 1
-        g = _gauss_1d(n, ref.device)
+        g = _gauss_1d(n, f.device)
         if scale > 1:
-            ref = _filter_valid(ref, g)[:, ::2, ::2]
-            dist = _filter_valid(dist, g)[:, ::2, ::2]
-        mu1, mu2 = _filter_valid(ref, g), _filter_valid(dist, g)
-        s1 = _filter_valid(ref * ref, g) - mu1 * mu1
-        s2 = _filter_valid(dist * dist, g) - mu2 * mu2
-        s12 = _filter_valid(ref * dist, g) - mu1 * mu2
-        s1 = s1.clamp_min(0)
-        s2 = s2.clamp_min(0)
-        gain = s12 / (s1 + eps)
-        sv = s2 - gain * s12
-        low1 = s1 < eps
-        gain = torch.where(low1, torch.zeros_like(gain), gain)
-        sv = torch.where(low1, s2, sv)
-        s1 = torch.where(low1, torch.zeros_like(s1), s1)
-        low2 = s2 < eps
-        gain = torch.where(low2, torch.zeros_like(gain), gain)
-        sv = torch.where(low2, torch.zeros_like(sv), sv)
-        neg = gain < 0
-        sv = torch.where(neg, s2, sv)
-        gain = gain.clamp_min(0)
-        sv = sv.clamp_min(eps)  # sv <= eps -> eps
-        num = num + torch.log10(1 + gain * gain * s1 / (sv + sigma_nsq)).sum((1, 2))
-        den = den + torch.log10(1 + s1 / sigma_nsq).sum((1, 2))
-    v = num / den
-    return torch.where(torch.isnan(v), torch.ones_like(v), v)
+            both = _filter_valid(torch.cat([refs.flatten(0, 1), dist]), g)[:, ::2, ::2]
+            refs, dist = both[: 2 * f.shape[0]].unflatten(0, (f.shape[0], 2)), both[2 * f.shape[0] :]
+        bsz = f.shape[0]
+        stack = torch.cat(
+            [refs.flatten(0, 1), dist, (refs * refs).flatten(0, 1), dist * dist, (refs * dist[:, None]).flatten(0, 1)]
+        )
+        filt = _filter_valid(stack, g)
+        mu1 = filt[: 2 * bsz].unflatten(0, (bsz, 2))
+        mu2 = filt[2 * bsz : 3 * bsz]
+        e11 = filt[3 * bsz : 5 * bsz].unflatten(0, (bsz, 2))
+        e22 = filt[5 * bsz : 6 * bsz]
+        e12 = filt[6 * bsz :].unflatten(0, (bsz, 2))
+        s1 = e11 - mu1 * mu1
+        s2 = (e22 - mu2 * mu2)[:, None].expand_as(s1)
+        s12 = e12 - mu1 * mu2[:, None]
+        num, den = _vif_terms(s1, s2, s12)
+        nums, dens = nums + num, dens + den
+    v = nums / dens
+    return torch.where(torch.isnan(v), torch.ones_like(v), v).sum(1)
 
 
 def vif(f, a, b) -> torch.Tensor:
     """VIF: VIF(A -> F) + VIF(B -> F), Sheikh-Bovik multi-scale pixel domain (1.0 where a ratio is NaN)."""
     f, a, b = _b(f), _b(a), _b(b)
-    return _vif_single_ref(a, f) + _vif_single_ref(b, f)
+    return _vif_pair(a, b, f)
 
 
 _SOBEL_Y = torch.tensor([[1.0, 2.0, 1.0], [0.0, 0.0, 0.0], [-1.0, -2.0, -1.0]])
@@ -227,9 +263,10 @@ def _qabf_edge(ga, aa, gf, af) -> torch.Tensor:
 def qabf(f, a, b) -> torch.Tensor:
     """Qabf: Xydeas-Petrovic edge preservation with 3x3 Sobel operators, weights g_A and g_B."""
     f, a, b = _b(f), _b(a), _b(b)
-    ga, aa = _sobel_strength_angle(a)
-    gb, ab = _sobel_strength_angle(b)
-    gf, af = _sobel_strength_angle(f)
+    n = f.shape[0]
+    g, ang = _sobel_strength_angle(torch.cat([a, b, f]))
+    ga, gb, gf = g[:n], g[n : 2 * n], g[2 * n :]
+    aa, ab, af = ang[:n], ang[n : 2 * n], ang[2 * n :]
     qaf, qbf = _qabf_edge(ga, aa, gf, af), _qabf_edge(gb, ab, gf, af)
     return (qaf * ga + qbf * gb).sum((1, 2)) / (ga + gb).sum((1, 2))
 

@@ -115,7 +115,7 @@ def test_resume_gives_the_same_next_step_loss(phantom_root, tmp_path, kind):
 
 
 def test_two_stage_run_lowers_the_loss_and_writes_weights(phantom_root, tmp_path):
-    cfg = tiny_config(epochs=3, sensor_samples_per_epoch=64, fuser_samples_per_epoch=16)
+    cfg = tiny_config(epochs=3, sensor_samples_per_epoch=64, fuser_samples_per_epoch=24, fuser_lr=2e-4)
     cfg.extra["note"] = "tiny"
     out = tmp_path / "run"
     results = run_training(phantom_root, out, cfg, progress=False)

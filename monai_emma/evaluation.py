@@ -1,0 +1,218 @@
+"""``monai-emma evaluate``: fuse a paired dataset with EMMA and the classical rules, score, report.
+
+Scoring follows the reference evaluator (see ``docs/metrics.md``): sources are read as OpenCV
+grey images (rounded Y); the classical rules run on those grey sources and are rounded to 8 bits;
+EMMA's result is the 8-bit image ``fuse-folder`` writes (colour recombined for pseudo-colour
+PET/SPECT), scored on its grey (Y) image.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from monai_emma.data.pairs import SlicePair, find_pairs, read_image
+from monai_emma.fuse2d import fuse_slice_pair, network_fuser
+from monai_emma.metrics import METRIC_NAMES, fusion_metrics, read_gray
+
+__all__ = ["METHODS", "EvaluationResult", "evaluate", "grey_of", "classical_fusion_gray"]
+
+METHODS = ("emma", "mean", "max", "laplacian", "wavelet")
+# metrics where a higher value is better (all nine, by the literature's convention)
+HIGHER_IS_BETTER = set(METRIC_NAMES)
+
+
+def grey_of(image: np.ndarray) -> np.ndarray:
+    """Grey value of an 8-bit (H, W) or RGB (H, W, 3) image as the reference reads a PNG of it."""
+    import cv2
+
+    if image.ndim == 2:
+        return image.astype(np.float32)
+    bgr = np.ascontiguousarray(image[..., ::-1]).astype(np.float32)
+    return np.round(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))
+
+
+def classical_fusion_gray(rule: str, a_gray: np.ndarray, b_gray: np.ndarray) -> np.ndarray:
+    """A classical rule on grey 0-255 sources, rounded and clipped to 8 bits (float32 result).
+
+    ``mean`` is round((A+B)/2) and ``max`` max(A, B) exactly; ``laplacian`` and ``wavelet`` run on
+    [0, 1] in float64 (:mod:`monai_emma.baselines`)."""
+    from monai_emma.baselines import get_rule
+
+    if rule == "mean":
+        return np.round((a_gray.astype(np.float64) + b_gray) / 2).astype(np.float32)
+    if rule == "max":
+        return np.maximum(a_gray, b_gray).astype(np.float32)
+    x = torch.from_numpy(np.stack([a_gray, b_gray]).astype(np.float64) / 255.0)[None]
+    fused = get_rule(rule)(x)[0, 0].numpy() * 255.0
+    return np.clip(np.round(fused), 0, 255).astype(np.float32)
+
+
+@dataclass
+class EvaluationResult:
+    """Per-pair scores and per-pair-type summaries."""
+
+    rows: list[dict] = field(default_factory=list)  # one per (pair, method)
+    summary: dict[str, dict[str, dict[str, tuple[float, float]]]] = field(default_factory=dict)
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def _summarise(rows: list[dict], methods: Sequence[str]) -> dict:
+    out: dict[str, dict[str, dict[str, tuple[float, float]]]] = {}
+    groups = sorted({r["pair"] for r in rows}) + ["ALL"]
+    for g in groups:
+        out[g] = {}
+        for m in methods:
+            sel = [r for r in rows if r["method"] == m and (g == "ALL" or r["pair"] == g)]
+            if sel:
+                out[g][m] = {
+                    k: (float(np.mean([r[k] for r in sel])), float(np.std([r[k] for r in sel]))) for k in METRIC_NAMES
+                }
+    return out
+
+
+def _markdown(summary: dict, methods: Sequence[str]) -> str:
+    lines = [
+        "# Fusion metrics",
+        "",
+        "Mean ± std per pair type; **bold** = best per column. SSIM uses data_range=2 (as published).",
+        "",
+    ]
+    for group, by_method in summary.items():
+        lines += [f"## {group if group != 'ALL' else 'All pairs (each pair weighs the same)'}", ""]
+        lines.append("| method | " + " | ".join(METRIC_NAMES) + " |")
+        lines.append("|---|" + "---|" * len(METRIC_NAMES))
+        best = {k: max(v[k][0] for v in by_method.values()) for k in METRIC_NAMES}
+        for m in methods:
+            if m not in by_method:
+                continue
+            cells = []
+            for k in METRIC_NAMES:
+                mean, std = by_method[m][k]
+                cell = f"{mean:.3f} ± {std:.3f}"
+                cells.append(f"**{cell}**" if np.isclose(mean, best[k]) else cell)
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _print_table(summary: dict, methods: Sequence[str]) -> None:
+    for group, by_method in summary.items():
+        print(f"\n{group}")
+        print(f"{'method':<10}" + "".join(f"{k:>11}" for k in METRIC_NAMES))
+        best = {k: max(v[k][0] for v in by_method.values()) for k in METRIC_NAMES}
+        for m in methods:
+            if m in by_method:
+                cells = []
+                for k in METRIC_NAMES:
+                    mean = by_method[m][k][0]
+                    cells.append(f"{mean:>10.3f}{'*' if np.isclose(mean, best[k]) else ' '}")
+                print(f"{m:<10}" + "".join(cells))
+
+
+def evaluate(
+    root: str | os.PathLike,
+    methods: Sequence[str] = METHODS,
+    weights: str | os.PathLike | None = None,
+    output: str | os.PathLike | None = "emma-eval",
+    grid_pairs: int = 4,
+    device: str = "cpu",
+    progress: bool = True,
+    net: torch.nn.Module | None = None,
+    mlflow_uri: str | None = None,
+) -> EvaluationResult:
+    """Fuse every pair under ``root`` with each method, score it, and write reports to ``output``.
+
+    Args:
+        root: Harvard- or IVF-style folder (see :func:`monai_emma.data.pairs.find_pairs`).
+        methods: any of ``emma``, ``mean``, ``max``, ``laplacian``, ``wavelet``.
+        weights: U-Fuser state dict for ``emma`` (default: the package's shipped weights).
+        output: folder for ``metrics.csv``, ``summary.json``, ``summary.md``, ``grid.png`` (None: no files).
+        grid_pairs: pairs shown in the comparison grid.
+        net: a U-Fuser to use instead of ``weights``.
+        mlflow_uri: log the summary and files to this MLflow tracking URI.
+    """
+    from tqdm.auto import tqdm
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS)}")
+    pairs: list[SlicePair] = find_pairs(root)
+    emma = None
+    if "emma" in methods:
+        if net is None:
+            from monai_emma.networks import UFuser
+
+            if weights is None:
+                net = UFuser.pretrained()
+            else:
+                net = UFuser()
+                net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        emma = network_fuser(net, device)
+    result = EvaluationResult()
+    grid_rows = []
+    for i, pair in enumerate(tqdm(pairs, desc="evaluate", disable=not progress)):
+        a_img, b_img = read_image(pair.a), read_image(pair.b)
+        a_gray, b_gray = read_gray(pair.a), read_gray(pair.b)
+        images = {}
+        for m in methods:
+            if m == "emma":
+                out8 = fuse_slice_pair(emma, a_img, b_img)
+                images[m] = out8
+                fused_gray = grey_of(out8)
+            else:
+                fused_gray = classical_fusion_gray(m, a_gray, b_gray)
+                images[m] = fused_gray.astype(np.uint8)
+            scores = fusion_metrics(fused_gray, a_gray, b_gray)
+            result.rows.append({"pair": pair.pair, "id": pair.id, "method": m, **scores})
+        if i % max(1, len(pairs) // max(grid_pairs, 1)) == 0 and len(grid_rows) < grid_pairs:
+            b_show = np.moveaxis(b_img, 0, -1).astype(np.uint8) if b_img.shape[0] == 3 else b_img[0].astype(np.uint8)
+            grid_rows.append([a_gray.astype(np.uint8), b_show] + [images[m] for m in methods])
+    result.summary = _summarise(result.rows, methods)
+    if progress:
+        _print_table(result.summary, methods)
+    if output is not None:
+        from monai_emma.io.atomic import atomic_path
+        from monai_emma.io.png import save_montage
+
+        out = Path(output)
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out / "metrics.csv") as tmp, tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["pair", "id", "method", *METRIC_NAMES])
+            writer.writeheader()
+            writer.writerows(result.rows)
+        with atomic_path(out / "summary.json") as tmp:
+            tmp.write_text(
+                json.dumps({"root": str(root), "methods": list(methods), "summary": result.summary}, indent=1)
+            )
+        with atomic_path(out / "summary.md") as tmp:
+            tmp.write_text(_markdown(result.summary, methods))
+        save_montage(grid_rows, out / "grid.png", titles=["A", "B", *methods])
+        result.files = {
+            k: out / v
+            for k, v in (("csv", "metrics.csv"), ("json", "summary.json"), ("md", "summary.md"), ("grid", "grid.png"))
+        }
+    if mlflow_uri is not None:
+        _log_mlflow(result, mlflow_uri, root, methods)
+    return result
+
+
+def _log_mlflow(result: EvaluationResult, uri: str, root, methods) -> None:
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("emma-evaluate")
+    with mlflow.start_run(run_name=f"evaluate {Path(root).name}"):
+        mlflow.log_params({"root": str(root), "methods": ",".join(methods)})
+        for group, by_method in result.summary.items():
+            for m, scores in by_method.items():
+                mlflow.log_metrics({f"{group}.{m}.{k}": v[0] for k, v in scores.items()})
+        for path in result.files.values():
+            mlflow.log_artifact(str(path))

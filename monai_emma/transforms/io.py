@@ -1,0 +1,64 @@
+"""Loading paired 2D slices with MONAI's readers."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Hashable, Mapping
+
+import numpy as np
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
+
+__all__ = ["LoadPairedSliced", "SliceReadError"]
+
+# MONAI 1.6 announces its optional nvImageCodec DICOM plugin on every reader use; irrelevant here
+logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", message=".*NvImgCodecPydicomReader.*")
+
+
+class SliceReadError(ValueError):
+    """A slice image could not be read; the message names the file and the problem."""
+
+
+class LoadPairedSliced(MapTransform):
+    """Load 2D images (PNG, JPEG, BMP, TIFF) for ``keys`` with MONAI ``LoadImaged`` and its PIL
+    reader, channel first, (C, H, W) float32 on the file's native scale (0-255 for 8-bit files).
+
+    Unlike MONAI's default PIL reader layout, rows stay rows (``reverse_indexing=False``), so the
+    arrays match what image viewers show. All keys must have the same height and width.
+
+    Raises:
+        SliceReadError: a file is missing or unreadable, or the sizes differ (one line, naming it).
+    """
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        from monai.data import PILReader
+        from monai.transforms import LoadImaged
+
+        self.loader = LoadImaged(
+            keys, reader=PILReader(reverse_indexing=False), image_only=True, dtype=np.float32, allow_missing_keys=True
+        )
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            path = d[key]
+            try:
+                arr = np.asarray(self.loader({key: path})[key], dtype=np.float32)
+            except Exception as err:  # MONAI wraps reader errors with a long traceback text
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise SliceReadError(f"{path}: not a readable image ({first[:160]})") from err
+            if arr.ndim == 2:
+                arr = arr[None]
+            elif arr.ndim == 3:
+                arr = np.moveaxis(arr, -1, 0)[:3]
+            else:
+                raise SliceReadError(f"{path}: expected a 2D image, got an array of shape {arr.shape}")
+            d[key] = arr
+        shapes = {str(d[k]): d[k].shape[-2:] for k in self.key_iterator(d)}
+        if len(set(shapes.values())) > 1:
+            sizes = ", ".join(f"{data[k]} {d[k].shape[-2]}x{d[k].shape[-1]}" for k in self.key_iterator(d))
+            raise SliceReadError(f"image sizes differ: {sizes}")
+        return d

@@ -1,0 +1,53 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from monai_emma.cli import main
+from monai_emma.evaluation import classical_fusion_gray, evaluate, grey_of
+from monai_emma.metrics import METRIC_NAMES
+from monai_emma.networks import UFuser
+
+
+def test_evaluate_writes_tables_and_grid(phantom_root, tmp_path):
+    out = tmp_path / "eval"
+    res = evaluate(phantom_root, ["emma", "mean", "max"], output=out, grid_pairs=2, progress=False, net=UFuser())
+    assert len(res.rows) == 8 * 3
+    assert set(res.summary) == {"MRI_CT", "MRI_PET", "ALL"}
+    assert set(res.summary["ALL"]) == {"emma", "mean", "max"}
+    with (out / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 24 and set(METRIC_NAMES) <= set(rows[0])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["methods"] == ["emma", "mean", "max"]
+    md = (out / "summary.md").read_text()
+    assert "| max |" in md and "**" in md
+    grid = np.asarray(Image.open(out / "grid.png"))
+    assert grid.shape[0] > 2 * 64 and grid.shape[1] >= 5 * 64
+
+
+def test_classical_rules_on_grey_sources():
+    a = np.array([[0, 10], [255, 3]], np.float32)
+    b = np.array([[1, 10], [0, 4]], np.float32)
+    assert classical_fusion_gray("mean", a, b).tolist() == [[0, 10], [128, 4]]  # round half to even
+    assert classical_fusion_gray("max", a, b).tolist() == [[1, 10], [255, 4]]
+    rgb = np.zeros((2, 2, 3), np.uint8)
+    rgb[..., 0] = 255
+    assert grey_of(rgb)[0, 0] == 76  # round(0.299 * 255)
+
+
+def test_cli_evaluate_and_errors(phantom_root, tmp_path, capsys):
+    assert main(["evaluate", str(phantom_root), "--methods", "mean,laplacian", "--output", str(tmp_path / "e")]) == 0
+    assert (tmp_path / "e" / "grid.png").exists()
+    assert main(["evaluate", str(phantom_root), "--methods", "median"]) == 2
+    assert "unknown methods" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "nothing"), "--methods", "mean"]) == 2
+
+
+@pytest.mark.shared_data
+def test_evaluate_on_a_shared_pair_folder(harvard_root, tmp_path):
+    res = evaluate(harvard_root / "MRI_CT", ["mean", "max"], output=None, progress=False)
+    ct11 = [r for r in res.rows if r["id"] == "MRI_CT/11" and r["method"] == "max"][0]
+    assert ct11["VIF"] == pytest.approx(0.583266, rel=1e-4)
