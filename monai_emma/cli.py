@@ -111,6 +111,56 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fuse_folder(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm.auto import tqdm
+
+    from monai_emma.data.pairs import PairDataError, list_images, read_image
+    from monai_emma.fuse2d import fuse_slice_pair, network_fuser
+    from monai_emma.io.png import save_png
+    from monai_emma.networks import UFuser
+
+    a_dir, b_dir, out_dir = Path(args.anatomical_dir), Path(args.other_dir), Path(args.output_dir)
+    for d in (a_dir, b_dir):
+        if not d.is_dir():
+            raise CLIError(f"{d}: no such folder")
+
+    ia, ib = list_images(a_dir), list_images(b_dir)
+    stems = sorted(set(ia) & set(ib))
+    missing = sorted(set(ia) ^ set(ib))
+    if not stems:
+        raise CLIError(f"{a_dir} and {b_dir}: no images with matching names")
+    if missing:
+        print(f"note: {len(missing)} file(s) without a partner skipped: {', '.join(missing[:5])}", file=sys.stderr)
+    if args.weights:
+        net = UFuser()
+        try:
+            net.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
+        except Exception as err:  # torch.load raises pickle, OS and runtime errors alike
+            first = (str(err).splitlines() or [type(err).__name__])[0]
+            raise CLIError(f"{args.weights}: not a U-Fuser state dict ({first[:120]})") from err
+    else:
+        net = UFuser.pretrained()
+    fuse = network_fuser(net, args.device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    existing = [s for s in stems if (out_dir / f"{s}.png").exists()]
+    if existing and not args.overwrite:
+        raise CLIError(f"{out_dir}: {len(existing)} output(s) exist, e.g. {existing[0]}.png (use --overwrite)")
+    for stem in tqdm(stems, desc="fuse", disable=args.quiet):
+        try:
+            a_img, b_img = read_image(ia[stem]), read_image(ib[stem])
+        except PairDataError as err:
+            raise CLIError(str(err)) from err
+        if a_img.shape[-2:] != b_img.shape[-2:]:
+            raise CLIError(
+                f"{ia[stem]} and {ib[stem]}: sizes differ ({a_img.shape[-2]}x{a_img.shape[-1]} vs "
+                f"{b_img.shape[-2]}x{b_img.shape[-1]})"
+            )
+        save_png(fuse_slice_pair(fuse, a_img, b_img, stretch=args.stretch), out_dir / f"{stem}.png")
+    print(f"wrote {len(stems)} fused image(s) to {out_dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from monai_emma import __version__
 
@@ -153,6 +203,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--mlflow-uri", help="also log the tables and grid to this MLflow tracking URI")
     ev.set_defaults(func=_cmd_evaluate)
+
+    ff = sub.add_parser("fuse-folder", help="fuse 2D image pairs matched by file name (PNG, JPEG, BMP, TIFF)")
+    ff.add_argument("anatomical_dir", help="folder of anatomical images (MRI, visible)")
+    ff.add_argument("other_dir", help="folder of the other modality (CT, PET, SPECT, infrared)")
+    ff.add_argument("output_dir", help="created if needed; one 8-bit <stem>.png per pair")
+    ff.add_argument("--weights", help="U-Fuser state dict (default: the shipped weights)")
+    ff.add_argument("--device", default="cpu")
+    ff.add_argument("--stretch", action="store_true", help="min-max stretch each fused image (the papers' protocol)")
+    ff.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    ff.add_argument("--quiet", action="store_true", help="no progress bar")
+    ff.set_defaults(func=_cmd_fuse_folder)
     return parser
 
 

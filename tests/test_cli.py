@@ -15,3 +15,47 @@ def test_demo_writes_montage(tmp_path, capsys):
     assert img.shape[0] > 3 * 64 and img.shape[1] >= 3 * 64
     out = capsys.readouterr().out
     assert "ct:" in out and "spect:" in out
+
+
+def test_fuse_folder_colour_and_grey(phantom_root, tmp_path, monkeypatch):
+    import torch
+
+    from monai_emma.networks import UFuser
+
+    weights = tmp_path / "w.pt"
+    torch.save(UFuser().state_dict(), weights)
+    out = tmp_path / "out"
+    for pair, colour in (("MRI_PET", True), ("MRI_CT", False)):
+        mod = pair.split("_")[1]
+        d = out / pair
+        args = ["fuse-folder", str(phantom_root / pair / "MRI"), str(phantom_root / pair / mod), str(d)]
+        assert main([*args, "--weights", str(weights), "--quiet"]) == 0
+        files = sorted(p.name for p in d.iterdir())
+        assert files == ["1.png", "2.png", "3.png", "4.png"]  # exactly one PNG per pair, nothing else
+        img = np.asarray(Image.open(d / "1.png"))
+        assert img.dtype == np.uint8 and (img.ndim == 3) == colour
+        # refusing to overwrite leaves the files untouched
+        assert main([*args, "--weights", str(weights), "--quiet"]) == 2
+
+
+def test_fuse_folder_bad_input(phantom_root, tmp_path, capsys):
+    a = tmp_path / "a"
+    b = tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "1.png").write_bytes((phantom_root / "MRI_CT" / "MRI" / "1.png").read_bytes())
+    (b / "1.png").write_bytes(b"broken")
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"nope")
+    assert main(["fuse-folder", str(a), str(b), str(tmp_path / "o"), "--weights", str(weights)]) == 2
+    assert "w.pt: not a U-Fuser state dict" in capsys.readouterr().err
+    assert main(["fuse-folder", str(a), str(tmp_path / "missing"), str(tmp_path / "o")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    import torch
+
+    from monai_emma.networks import UFuser
+
+    torch.save(UFuser().state_dict(), weights)
+    assert main(["fuse-folder", str(a), str(b), str(tmp_path / "o"), "--weights", str(weights), "--quiet"]) == 2
+    assert "1.png: not a readable image" in capsys.readouterr().err
+    assert list((tmp_path / "o").glob("*.png")) == []  # nothing half-written

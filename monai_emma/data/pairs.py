@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["SlicePair", "find_pairs", "split_pairs", "load_pair", "PairedPatchDataset", "PairDataError"]
+__all__ = ["SlicePair", "list_images", "find_pairs", "split_pairs", "load_pair", "PairedPatchDataset", "PairDataError"]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 ANATOMICAL = ("MRI", "VI", "VIS", "VISIBLE")
@@ -48,12 +48,13 @@ class SlicePair:
         return f"{self.pair}/{self.stem}"
 
 
-def _images(folder: Path) -> dict[str, Path]:
+def list_images(folder: Path) -> dict[str, Path]:
+    """Image files of a folder by stem (PNG, JPEG, BMP, TIFF), sorted."""
     return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()}
 
 
 def _match(folder_a: Path, folder_b: Path, pair: str, mod_a: str, mod_b: str) -> list[SlicePair]:
-    ia, ib = _images(folder_a), _images(folder_b)
+    ia, ib = list_images(folder_a), list_images(folder_b)
     only_a, only_b = sorted(set(ia) - set(ib)), sorted(set(ib) - set(ia))
     if only_a or only_b:
         parts = []
@@ -248,7 +249,7 @@ def _fused_for(folder: Path, pair: SlicePair) -> np.ndarray:
 
     for candidate in (folder / pair.pair, folder):
         if candidate.is_dir():
-            found = _images(candidate).get(pair.stem)
+            found = list_images(candidate).get(pair.stem)
             if found is not None:
                 img = read_image(found) / 255.0
                 return (rgb_to_ycbcr(img, 0)[0:1] if img.shape[0] == 3 else img[0:1]).astype(np.float32)

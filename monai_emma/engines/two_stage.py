@@ -68,45 +68,42 @@ def validation_slices(pairs: Sequence[SlicePair], multiple: int = 16, max_size: 
     return out
 
 
-def _sensor_validator(slices: list[dict], device: torch.device):
-    step = SensorStep(rules=("mean",))
+def _validator(slices: list[dict], device: torch.device, score, prepare=None):
+    """``validate(net) -> {"val_loss": mean score}`` over full validation slices, in eval mode."""
 
     @torch.no_grad()
-    def validate(bank: torch.nn.Module) -> dict[str, float]:
+    def validate(net: torch.nn.Module) -> dict[str, float]:
         if not slices:
             return {}
-        was = bank.training
-        bank.eval()
+        was = net.training
+        net.eval()
+        if prepare is not None:
+            prepare()
         total = 0.0
         for s in slices:
             a, b = s["a"][None].to(device), s["b"][None].to(device)
-            fused = torch.cat([a, b], 1).mean(1, keepdim=True)
-            total += float(step.loss(bank, a, b, fused, [s["a_modality"]], [s["b_modality"]])["total"])
-        bank.train(was)
+            total += float(score(net, a, b, [s["a_modality"]], [s["b_modality"]]))
+        net.train(was)
         return {"val_loss": total / len(slices)}
 
     return validate
 
 
-def _fuser_validator(slices: list[dict], sensors: SensorBank, alpha: float, device: torch.device):
+def _sensor_validator(slices: list[dict], device: torch.device):
+    """Stage-1 validation: sensing MSE from the mean-rule fusion of each full slice."""
+    step = SensorStep(rules=("mean",))
+    return _validator(slices, device, lambda bank, a, b, ma, mb: step.loss(bank, a, b, (a + b) / 2, ma, mb)["total"])
+
+
+def _fuser_validator(slices: list[dict], sensors: SensorBank, device: torch.device):
+    """Stage-2 validation: the sensing part of the EMMA loss on each full slice."""
     loss = EMMALoss(alpha=0.0)
 
-    @torch.no_grad()
-    def validate(fuser: torch.nn.Module) -> dict[str, float]:
-        if not slices:
-            return {}
-        was = fuser.training
-        fuser.eval()
-        sensors.to(device)
-        total = 0.0
-        for s in slices:
-            a, b = s["a"][None].to(device), s["b"][None].to(device)
-            f = fuser(torch.cat([a, b], 1))
-            total += float(loss(sensors(f, [s["a_modality"]]), a, sensors(f, [s["b_modality"]]), b))
-        fuser.train(was)
-        return {"val_loss": total / len(slices)}
+    def score(fuser, a, b, ma, mb):
+        f = fuser(torch.cat([a, b], 1))
+        return loss(sensors(f, ma), a, sensors(f, mb), b)
 
-    return validate
+    return _validator(slices, device, score, prepare=lambda: sensors.to(device))
 
 
 def _bank_export(bank: torch.nn.Module) -> dict:
@@ -128,40 +125,68 @@ def load_sensor_bank(path: str | os.PathLike, map_location: str | torch.device =
     return bank
 
 
+def _run_stage(
+    stage: str,
+    network: torch.nn.Module,
+    step,
+    train_pairs: Sequence[SlicePair],
+    cfg: TrainConfig,
+    out_dir: Path,
+    device: torch.device,
+    validate,
+    export,
+    final_file: str,
+    **trainer_kwargs: Any,
+) -> StageResult:
+    t0 = time.perf_counter()
+    trainer, epoch_end = build_stage_trainer(
+        stage,
+        network,
+        step,
+        _dataset(train_pairs, cfg, stage),
+        cfg.sensor if stage == "sensors" else cfg.fuser,
+        cfg,
+        out_dir,
+        device,
+        validate=validate,
+        export=export,
+        **trainer_kwargs,
+    )
+    trainer.run()
+    path = save_state(export(network), Path(out_dir) / final_file)
+    return StageResult(stage, path, epoch_end.history, time.perf_counter() - t0)
+
+
 def train_sensors(
     train_pairs: Sequence[SlicePair],
     val_pairs: Sequence[SlicePair],
     cfg: TrainConfig,
     out_dir: str | os.PathLike,
     device: torch.device,
-    resume: bool = True,
-    progress: bool = True,
-    extra_handlers: Sequence[Any] = (),
+    **trainer_kwargs: Any,
 ) -> StageResult:
-    """Stage 1: train one pseudo-sensor per modality; writes ``sensors.pt`` in ``out_dir``."""
-    out_dir = Path(out_dir)
-    t0 = time.perf_counter()
+    """Stage 1: train one pseudo-sensor per modality; writes ``sensors.pt`` in ``out_dir``.
+
+    ``trainer_kwargs`` go to :func:`~monai_emma.engines.trainer.build_stage_trainer` (``resume``,
+    ``progress``, ``extra_handlers``, ``rank``, ``world_size``)."""
     modalities = sorted({p.a_modality for p in train_pairs} | {p.b_modality for p in train_pairs})
     torch.manual_seed(cfg.seed)
     bank = SensorBank(modalities, preset=cfg.sensor_preset).to(device)
-    trainer, epoch_end = build_stage_trainer(
+    validate = _sensor_validator(validation_slices(val_pairs), device)
+    step = SensorStep(cfg.stage1_rules, seed=cfg.seed)
+    return _run_stage(
         "sensors",
         bank,
-        SensorStep(cfg.stage1_rules, seed=cfg.seed),
-        _dataset(train_pairs, cfg, "sensors"),
-        cfg.sensor,
+        step,
+        train_pairs,
         cfg,
-        out_dir,
+        Path(out_dir),
         device,
-        validate=_sensor_validator(validation_slices(val_pairs), device),
-        export=_bank_export,
-        resume=resume,
-        progress=progress,
-        extra_handlers=extra_handlers,
+        validate,
+        _bank_export,
+        SENSORS_FILE,
+        **trainer_kwargs,
     )
-    trainer.run()
-    path = save_state(_bank_export(bank), out_dir / SENSORS_FILE)
-    return StageResult("sensors", path, epoch_end.history, time.perf_counter() - t0)
 
 
 def train_fuser(
@@ -171,36 +196,28 @@ def train_fuser(
     cfg: TrainConfig,
     out_dir: str | os.PathLike,
     device: torch.device,
-    resume: bool = True,
-    progress: bool = True,
-    extra_handlers: Sequence[Any] = (),
+    **trainer_kwargs: Any,
 ) -> StageResult:
     """Stage 2: train the U-Fuser against frozen ``sensors``; writes ``ufuser.pt`` in ``out_dir``."""
-    out_dir = Path(out_dir)
-    t0 = time.perf_counter()
     torch.manual_seed(cfg.seed + 1)
     fuser = UFuser().to(device)
     sensors = sensors.to(device).freeze()
-    step = FuserStep(
-        sensors, EMMALoss(alpha=cfg.alpha), TransformGroup(cfg.shifts, cfg.rotations, cfg.reflections), cfg.seed
-    )
-    trainer, epoch_end = build_stage_trainer(
+    group = TransformGroup(cfg.shifts, cfg.rotations, cfg.reflections)
+    step = FuserStep(sensors, EMMALoss(alpha=cfg.alpha), group, cfg.seed)
+    validate = _fuser_validator(validation_slices(val_pairs), sensors, device)
+    return _run_stage(
         "fuser",
         fuser,
         step,
-        _dataset(train_pairs, cfg, "fuser"),
-        cfg.fuser,
+        train_pairs,
         cfg,
-        out_dir,
+        Path(out_dir),
         device,
-        validate=_fuser_validator(validation_slices(val_pairs), sensors, cfg.alpha, device),
-        resume=resume,
-        progress=progress,
-        extra_handlers=extra_handlers,
+        validate,
+        lambda net: net.state_dict(),
+        FUSER_FILE,
+        **trainer_kwargs,
     )
-    trainer.run()
-    path = save_state(fuser.state_dict(), out_dir / FUSER_FILE)
-    return StageResult("fuser", path, epoch_end.history, time.perf_counter() - t0)
 
 
 def run_training(
