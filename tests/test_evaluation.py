@@ -51,3 +51,20 @@ def test_evaluate_on_a_shared_pair_folder(harvard_root, tmp_path):
     res = evaluate(harvard_root / "MRI_CT", ["mean", "max"], output=None, progress=False)
     ct11 = [r for r in res.rows if r["id"] == "MRI_CT/11" and r["method"] == "max"][0]
     assert ct11["VIF"] == pytest.approx(0.583266, rel=1e-4)
+
+
+def test_evaluate_logs_to_mlflow_sqlite(phantom_root, tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    monkeypatch.chdir(tmp_path)  # artifacts of the default experiment location stay in tmp
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    evaluate(phantom_root / "MRI_CT", ["mean", "max"], output=tmp_path / "e", progress=False, mlflow_uri=uri)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("emma-evaluate")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1
+    metrics = runs[0].data.metrics
+    assert "ALL.max.VIF" in metrics and "MRI_CT.mean.SSIM" in metrics
+    artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id)}
+    assert {"summary.md", "grid.png", "metrics.csv"} <= artifacts
