@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from monai_emma.metrics.functional import METRIC_NAMES, batch_fusion_metrics
+from monai_emma.metrics.functional import batch_fusion_metrics
 
 __all__ = ["fusion_metrics", "read_gray"]
 
@@ -77,6 +77,3 @@ def fusion_metrics(
         arrays.append(t.to(torch.float64)[None])
     out = batch_fusion_metrics(*arrays, metrics=metrics, ssim_data_range=ssim_data_range)
     return {k: float(v[0]) for k, v in out.items()}
-
-
-assert METRIC_NAMES  # re-exported for convenience
