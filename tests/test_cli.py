@@ -59,3 +59,12 @@ def test_fuse_folder_bad_input(phantom_root, tmp_path, capsys):
     assert main(["fuse-folder", str(a), str(b), str(tmp_path / "o"), "--weights", str(weights), "--quiet"]) == 2
     assert "1.png: not a readable image" in capsys.readouterr().err
     assert list((tmp_path / "o").glob("*.png")) == []  # nothing half-written
+
+
+def test_train_and_evaluate_report_bad_input_in_one_line(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path / "missing"), "--output", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "missing: no such data folder" in err
+    assert not (tmp_path / "run").exists()  # nothing written
+    assert main(["evaluate", str(tmp_path), "--methods", "mean"]) == 2
+    assert "no image pairs found" in capsys.readouterr().err

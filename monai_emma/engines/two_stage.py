@@ -232,9 +232,9 @@ def run_training(
     ``resume`` is set; an interrupted one continues from its last epoch checkpoint."""
     device = torch.device(device)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    pairs = find_pairs(data)
+    pairs = find_pairs(data)  # fails before anything is written
     train_pairs, val_pairs = split_pairs(pairs, cfg.val_fraction, cfg.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(cfg.to_json())
     (out_dir / "split.json").write_text(
         json.dumps(
