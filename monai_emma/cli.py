@@ -112,13 +112,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_fuse_folder(args: argparse.Namespace) -> int:
-    import torch
     from tqdm.auto import tqdm
 
     from monai_emma.data.pairs import PairDataError, list_images, read_image
     from monai_emma.fuse2d import fuse_slice_pair, network_fuser
     from monai_emma.io.png import save_png
     from monai_emma.networks import UFuser
+    from monai_emma.weights import load_ufuser_file
 
     a_dir, b_dir, out_dir = Path(args.anatomical_dir), Path(args.other_dir), Path(args.output_dir)
     for d in (a_dir, b_dir):
@@ -133,9 +133,8 @@ def _cmd_fuse_folder(args: argparse.Namespace) -> int:
     if missing:
         print(f"note: {len(missing)} file(s) without a partner skipped: {', '.join(missing[:5])}", file=sys.stderr)
     if args.weights:
-        net = UFuser()
         try:
-            net.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
+            net = load_ufuser_file(args.weights)
         except Exception as err:  # torch.load raises pickle, OS and runtime errors alike
             first = (str(err).splitlines() or [type(err).__name__])[0]
             raise CLIError(f"{args.weights}: not a U-Fuser state dict ({first[:120]})") from err

@@ -25,8 +25,6 @@ from monai_emma.metrics import METRIC_NAMES, fusion_metrics, read_gray
 __all__ = ["METHODS", "EvaluationResult", "evaluate", "grey_of", "classical_fusion_gray"]
 
 METHODS = ("emma", "mean", "max", "laplacian", "wavelet")
-# metrics where a higher value is better (all nine, by the literature's convention)
-HIGHER_IS_BETTER = set(METRIC_NAMES)
 
 
 def grey_of(image: np.ndarray) -> np.ndarray:
@@ -149,12 +147,9 @@ def evaluate(
     if "emma" in methods:
         if net is None:
             from monai_emma.networks import UFuser
+            from monai_emma.weights import load_ufuser_file
 
-            if weights is None:
-                net = UFuser.pretrained()
-            else:
-                net = UFuser()
-                net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+            net = UFuser.pretrained() if weights is None else load_ufuser_file(weights)
         emma = network_fuser(net, device)
     result = EvaluationResult()
     grid_rows = []

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import torch
 
@@ -176,8 +176,3 @@ def load_official_state_dict(
         if not isinstance(state, Mapping):
             raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
     return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in state.items()}
-
-
-def translate(state: Mapping[str, torch.Tensor], rule: Callable[[str], str]) -> dict[str, torch.Tensor]:
-    """Apply a key rule to every entry of a state dict."""
-    return {rule(k): v for k, v in state.items()}

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["WEIGHTS_DIR", "weights_info", "weights_path", "load_ufuser", "load_sensors"]
+__all__ = ["WEIGHTS_DIR", "weights_info", "weights_path", "load_ufuser", "load_ufuser_file", "load_sensors"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent
 
@@ -38,13 +38,18 @@ def weights_path(name: str = "default", kind: str = "ufuser") -> Path:
     return path
 
 
-def load_ufuser(name: str = "default", map_location: str | torch.device = "cpu"):
-    """A :class:`~monai_emma.networks.UFuser` with the named shipped weights, in eval mode."""
+def load_ufuser_file(path, map_location: str | torch.device = "cpu"):
+    """A default :class:`~monai_emma.networks.UFuser` loaded from a state-dict file, in eval mode."""
     from monai_emma.networks import UFuser
 
     net = UFuser()
-    net.load_state_dict(torch.load(weights_path(name, "ufuser"), map_location=map_location, weights_only=True))
+    net.load_state_dict(torch.load(path, map_location=map_location, weights_only=True))
     return net.eval()
+
+
+def load_ufuser(name: str = "default", map_location: str | torch.device = "cpu"):
+    """A :class:`~monai_emma.networks.UFuser` with the named shipped weights, in eval mode."""
+    return load_ufuser_file(weights_path(name, "ufuser"), map_location)
 
 
 def load_sensors(name: str = "default", map_location: str | torch.device = "cpu"):
