@@ -117,8 +117,6 @@ def _cmd_fuse_folder(args: argparse.Namespace) -> int:
     from monai_emma.data.pairs import PairDataError, list_images, read_image
     from monai_emma.fuse2d import fuse_slice_pair, network_fuser
     from monai_emma.io.png import save_png
-    from monai_emma.networks import UFuser
-    from monai_emma.weights import load_ufuser_file
 
     a_dir, b_dir, out_dir = Path(args.anatomical_dir), Path(args.other_dir), Path(args.output_dir)
     for d in (a_dir, b_dir):
@@ -132,14 +130,7 @@ def _cmd_fuse_folder(args: argparse.Namespace) -> int:
         raise CLIError(f"{a_dir} and {b_dir}: no images with matching names")
     if missing:
         print(f"note: {len(missing)} file(s) without a partner skipped: {', '.join(missing[:5])}", file=sys.stderr)
-    if args.weights:
-        try:
-            net = load_ufuser_file(args.weights)
-        except Exception as err:  # torch.load raises pickle, OS and runtime errors alike
-            first = (str(err).splitlines() or [type(err).__name__])[0]
-            raise CLIError(f"{args.weights}: not a U-Fuser state dict ({first[:120]})") from err
-    else:
-        net = UFuser.pretrained()
+    net, _ = _load_model(args)
     fuse = network_fuser(net, args.device)
     out_dir.mkdir(parents=True, exist_ok=True)
     existing = [s for s in stems if (out_dir / f"{s}.png").exists()]
@@ -158,6 +149,105 @@ def _cmd_fuse_folder(args: argparse.Namespace) -> int:
         save_png(fuse_slice_pair(fuse, a_img, b_img, stretch=args.stretch), out_dir / f"{stem}.png")
     print(f"wrote {len(stems)} fused image(s) to {out_dir}")
     return 0
+
+
+def _parse_range(text: str | None, flag: str) -> tuple[float, float] | None:
+    if not text:
+        return None
+    try:
+        lo, hi = (float(v) for v in text.replace(":", ",").split(","))
+    except ValueError as err:
+        raise CLIError(f"{flag} {text!r}: expected two numbers LOW,HIGH") from err
+    if not hi > lo:
+        raise CLIError(f"{flag} {text!r}: LOW must be below HIGH")
+    return lo, hi
+
+
+def _load_model(args: argparse.Namespace):
+    import torch
+
+    from monai_emma.model_source import ModelSourceError, resolve_fuser
+
+    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
+        raise CLIError(f"--device {args.device}: CUDA is not available on this machine")
+    try:
+        return resolve_fuser(
+            weights=args.weights,
+            bundle=args.bundle,
+            model_uri=args.model_uri,
+            tracking_uri=args.tracking_uri,
+            map_location="cpu",
+        )
+    except ModelSourceError as err:
+        raise CLIError(str(err)) from err
+
+
+def _cmd_fuse(args: argparse.Namespace) -> int:
+    from monai_emma.fusion import FusionError, fuse_images, fuse_volumes
+    from monai_emma.io.outputs import output_format, write_fusion
+    from monai_emma.io.volumes import VolumeReadError, read_volume
+    from monai_emma.transforms.intensity import IntensityRule
+
+    try:
+        fmt = output_format(args.output, args.output_format)
+    except ValueError as err:
+        raise CLIError(str(err)) from err
+    out = Path(args.output)
+    if out.exists() and not args.overwrite:
+        raise CLIError(f"{out}: output exists (use --overwrite to replace it)")
+    window = _parse_range(args.window, "--window")
+    pct = _parse_range(args.percentiles, "--percentiles")
+    mri_pct = _parse_range(args.mri_percentiles, "--mri-percentiles")
+    if window and pct:
+        raise CLIError("give --window or --percentiles, not both")
+    try:
+        other_rule = IntensityRule("window", *window) if window else IntensityRule("percentile", *pct) if pct else None
+        a_rule = IntensityRule("percentile", *mri_pct) if mri_pct else None
+    except ValueError as err:
+        raise CLIError(str(err)) from err
+    net, source = _load_model(args)
+    try:
+        a = read_volume(args.anatomical, args.series_uid)
+        b = read_volume(args.other, args.series_uid)
+        if a.is_3d or b.is_3d:
+            result = fuse_volumes(
+                a,
+                b,
+                model=net,
+                modality=args.modality,
+                anatomical_rule=a_rule,
+                other_rule=other_rule,
+                device=args.device,
+                batch_size=args.batch_size,
+                amp=args.amp,
+                stretch=args.stretch,
+                progress=not args.quiet,
+            )
+        else:
+            result = fuse_images(
+                a, b, model=net, modality=args.modality, device=args.device, stretch=args.stretch, resize=args.resize
+            )
+        files = write_fusion(
+            result, out, fmt=fmt, colormap=args.colormap, preview=args.preview, overwrite=args.overwrite
+        )
+    except (VolumeReadError, FusionError, FileExistsError, ValueError) as err:
+        raise CLIError(str(err)) from err
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    what = f"{result.fused.shape[-1]} slices" if result.is_3d else "1 image"
+    print(f"fused {what} in {result.seconds:.1f} s with {source}")
+    for kind, path in files.items():
+        print(f"wrote {kind}: {path}")
+    return 0
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--weights", help="U-Fuser state dict or checkpoint (default: the shipped weights)")
+    src.add_argument("--bundle", help="EMMA MONAI bundle folder (uses models/model.pt)")
+    src.add_argument("--model-uri", help="MLflow model URI, e.g. models:/emma-ufuser@candidate")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI for --model-uri (default: MLFLOW_TRACKING_URI)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -203,12 +293,38 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--mlflow-uri", help="also log the tables and grid to this MLflow tracking URI")
     ev.set_defaults(func=_cmd_evaluate)
 
+    fu = sub.add_parser(
+        "fuse",
+        help="fuse an anatomical image with CT/PET/SPECT: 2D images, NIfTI volumes or DICOM series",
+        description="Fuse ANATOMICAL (MRI, visible) with OTHER (CT, PET, SPECT, infrared). Volumes are resampled "
+        "onto the anatomical grid and fused slice by slice; the output keeps the anatomical geometry.",
+    )
+    fu.add_argument("anatomical", help="MRI: PNG/JPEG/BMP/TIFF, .nii/.nii.gz, a DICOM file or a DICOM series folder")
+    fu.add_argument("other", help="CT, PET, SPECT or infrared, in any of the same formats")
+    fu.add_argument("--output", "-o", required=True, help=".png (2D), .nii/.nii.gz (3D) or a folder (DICOM)")
+    fu.add_argument("--output-format", choices=["png", "nifti", "dicom"], help="default: from the --output suffix")
+    fu.add_argument("--modality", choices=["ct", "pet", "spect", "ir"], help="second modality (default: guessed)")
+    fu.add_argument("--series-uid", action="append", help="SeriesInstanceUID to read from a folder of several series")
+    fu.add_argument("--window", help="intensity window LOW,HIGH of the second modality (CT default: -100,300 HU)")
+    fu.add_argument("--percentiles", help="foreground percentiles LOW,HIGH of the second modality (PET/SPECT: 0,99.5)")
+    fu.add_argument("--mri-percentiles", help="foreground percentiles LOW,HIGH of the anatomical image (0.5,99.5)")
+    fu.add_argument("--colormap", help="also write a colour rendering (hot, jet, inferno, magma, viridis, turbo…)")
+    fu.add_argument("--preview", help="also write a PNG montage of sources and fused slices")
+    _add_model_options(fu)
+    fu.add_argument("--batch-size", type=int, default=8, help="slices per network call (default 8)")
+    fu.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    fu.add_argument("--stretch", action="store_true", help="min-max stretch each fused slice (the papers' protocol)")
+    fu.add_argument("--resize", action="store_true", help="resize a 2D second image to the anatomical size")
+    fu.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    fu.add_argument("--quiet", action="store_true", help="no progress bar")
+    fu.set_defaults(func=_cmd_fuse)
+
     ff = sub.add_parser("fuse-folder", help="fuse 2D image pairs matched by file name (PNG, JPEG, BMP, TIFF)")
     ff.add_argument("anatomical_dir", help="folder of anatomical images (MRI, visible)")
     ff.add_argument("other_dir", help="folder of the other modality (CT, PET, SPECT, infrared)")
     ff.add_argument("output_dir", help="created if needed; one 8-bit <stem>.png per pair")
-    ff.add_argument("--weights", help="U-Fuser state dict (default: the shipped weights)")
-    ff.add_argument("--device", default="cpu")
+    ff.add_argument("--modality", choices=["ct", "pet", "spect", "ir"], help="optional; colour comes from the pixels")
+    _add_model_options(ff)
     ff.add_argument("--stretch", action="store_true", help="min-max stretch each fused image (the papers' protocol)")
     ff.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     ff.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -231,6 +347,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"monai-emma: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("monai-emma: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # never a bare traceback for users; --debug shows it
+        if args.debug:
+            raise
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        print(f"monai-emma: error: {type(err).__name__}: {first} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Write files atomically: to a temporary name beside the target, renamed at the end."""
+"""Write files and folders atomically: to a temporary name beside the target, renamed at the end."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path"]
+__all__ = ["atomic_path", "atomic_dir"]
 
 
 @contextlib.contextmanager
@@ -32,4 +32,33 @@ def atomic_path(target: str | os.PathLike, overwrite: bool = True) -> Iterator[P
         os.replace(tmp_path, target)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside ``target``; on success it replaces ``target`` (a previous
+    folder is removed only after the new one is complete), on failure it is deleted.
+
+    Raises:
+        FileExistsError: ``target`` exists and ``overwrite`` is false.
+    """
+    import shutil
+
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target}: output exists (use --overwrite to replace it)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield tmp
+        old = None
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+            os.replace(target, old / "previous")
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -39,6 +39,7 @@ import torch
 
 __all__ = [
     "load_official_state_dict",
+    "is_official_ufuser_state",
     "ufuser_key_from_official",
     "ufuser_key_to_official",
     "sensor_key_from_official",
@@ -176,3 +177,9 @@ def load_official_state_dict(
         if not isinstance(state, Mapping):
             raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
     return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in state.items()}
+
+
+def is_official_ufuser_state(state: Mapping[str, torch.Tensor]) -> bool:
+    """Whether a state dict uses the official U-Fuser key names (``V_en_1.``…, ``module.`` optional)."""
+    keys = [k[len("module.") :] if k.startswith("module.") else k for k in state]
+    return any(k.startswith(("V_en_", "I_en_")) for k in keys)

@@ -2,7 +2,14 @@
 
 from monai_emma.transforms.colour import RGBToYCbCr, RGBToYCbCrd, is_colour, rgb_to_ycbcr, ycbcr_to_rgb
 from monai_emma.transforms.equivariance import RandCircularShift, Reflection, Rotation, TransformGroup, rotate
-from monai_emma.transforms.intensity import ScaleToUnit, ScaleToUnitd
+from monai_emma.transforms.intensity import (
+    DEFAULT_INTENSITY,
+    IntensityRule,
+    ModalityScale,
+    ModalityScaled,
+    ScaleToUnit,
+    ScaleToUnitd,
+)
 from monai_emma.transforms.patches import RandForegroundPatchd, foreground_mask
 
 __all__ = [
@@ -17,6 +24,10 @@ __all__ = [
     "TransformGroup",
     "rotate",
     "ScaleToUnit",
+    "DEFAULT_INTENSITY",
+    "IntensityRule",
+    "ModalityScale",
+    "ModalityScaled",
     "ScaleToUnitd",
     "RandForegroundPatchd",
     "foreground_mask",

@@ -1,4 +1,5 @@
-"""Colour handling: RGB <-> YCbCr (BT.601 full range, OpenCV's matrix) for fusing on luminance."""
+"""Colour handling: RGB <-> YCbCr (BT.601 full range, OpenCV's matrix) for fusing on luminance, and
+colour renderings of fused PET/SPECT."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 
-__all__ = ["rgb_to_ycbcr", "ycbcr_to_rgb", "RGBToYCbCr", "RGBToYCbCrd", "is_colour"]
+__all__ = ["rgb_to_ycbcr", "ycbcr_to_rgb", "RGBToYCbCr", "RGBToYCbCrd", "is_colour", "colourise", "COLORMAPS"]
 
 # OpenCV COLOR_RGB2YCrCb for float images: Y = .299 R + .587 G + .114 B,
 # Cr = (R - Y) * .713 + delta, Cb = (B - Y) * .564 + delta, delta = 0.5 on a [0, 1] scale.
@@ -86,3 +87,43 @@ class RGBToYCbCrd(MapTransform):
             d[key] = ycc[0:1]
             d[f"{key}_cbcr"] = ycc[1:3]
         return d
+
+
+#: Colour maps for rendering scalar PET/SPECT (OpenCV's tables).
+COLORMAPS = ("hot", "jet", "inferno", "magma", "plasma", "viridis", "rainbow", "turbo")
+
+
+def colourise(fused: np.ndarray, functional: np.ndarray, colormap: str = "jet") -> np.ndarray:
+    """Colour rendering of a fusion: colour-map the functional image, then replace its luminance
+    with the fused image (the way pseudo-colour PET/SPECT slices are recombined).
+
+    Args:
+        fused: fused image(s) in [0, 1], any shape.
+        functional: the PET/SPECT image(s) scaled to [0, 1], same shape.
+        colormap: one of :data:`COLORMAPS`. Colour fades in over the lowest tenth of the
+            functional range, so no uptake (and outside its field of view) stays grey: the fused
+            value without colour.
+
+    Returns:
+        uint8 RGB, shape ``fused.shape + (3,)``.
+
+    Example:
+        >>> colourise(np.full((2, 2), 0.5), np.zeros((2, 2)))[0, 0]  # no uptake: grey
+        array([128, 128, 128], dtype=uint8)
+    """
+    import cv2
+
+    if colormap not in COLORMAPS:
+        raise ValueError(f"unknown colormap {colormap!r}; choose one of {', '.join(COLORMAPS)}")
+    fused, functional = np.asarray(fused, np.float64), np.asarray(functional, np.float64)
+    if fused.shape != functional.shape:
+        raise ValueError(f"fused and functional shapes differ: {fused.shape} vs {functional.shape}")
+    table = getattr(cv2, f"COLORMAP_{colormap.upper()}")
+    index = np.clip(np.round(functional * 255), 0, 255).astype(np.uint8).reshape(-1, 1)
+    bgr = cv2.applyColorMap(index, table).reshape(*fused.shape, 3)
+    ycc = rgb_to_ycbcr(bgr[..., ::-1].astype(np.float64) / 255.0, -1)
+    ycc[..., 0] = np.clip(fused, 0, 1)
+    # chroma fades in over the lowest tenth of the uptake range: no uptake stays grey
+    ycc[..., 1:] = 0.5 + (ycc[..., 1:] - 0.5) * np.clip(functional / 0.1, 0, 1)[..., None]
+    rgb = ycbcr_to_rgb(ycc, -1)
+    return np.clip(np.round(rgb * 255), 0, 255).astype(np.uint8)

@@ -1,0 +1,179 @@
+"""Writing a :class:`~monai_emma.fusion.FusionResult`: PNG, NIfTI or a derived DICOM series, an
+optional colour rendering and a preview montage. Shared by ``monai-emma fuse`` and the bundle.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from monai_emma.fusion import FusionResult
+
+__all__ = ["output_format", "colour_path", "preview_slices", "save_preview", "write_fusion", "OUTPUT_FORMATS"]
+
+OUTPUT_FORMATS = ("png", "nifti", "dicom")
+_PNG_SUFFIXES = (".png",)
+
+
+def output_format(path: str | os.PathLike, requested: str | None = None) -> str:
+    """The output format: ``requested`` if given, else from the path's suffix.
+
+    Raises:
+        ValueError: unknown format or a path whose suffix says nothing.
+    """
+    if requested:
+        if requested not in OUTPUT_FORMATS:
+            raise ValueError(f"unknown output format {requested!r}; choose {', '.join(OUTPUT_FORMATS)}")
+        return requested
+    name = Path(path).name.lower()
+    if name.endswith(_PNG_SUFFIXES):
+        return "png"
+    if name.endswith((".nii", ".nii.gz")):
+        return "nifti"
+    raise ValueError(f"{path}: cannot tell the output format from the name; use .png, .nii.gz or --output-format dicom")
+
+
+def colour_path(output: str | os.PathLike, fmt: str) -> Path:
+    """Where the colour rendering goes: ``x.png`` → ``x_colour.png``; ``x.nii.gz`` or a DICOM
+    folder ``x`` → ``x_colour.nii.gz``."""
+    out = Path(output)
+    name = out.name
+    for suffix in (".nii.gz", ".nii", ".png"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return out.with_name(f"{name}_colour{'.png' if fmt == 'png' else '.nii.gz'}")
+
+
+def preview_slices(result: FusionResult, count: int = 4) -> list[int]:
+    """Evenly spaced display-slice indices across the anatomical foreground (3D results)."""
+    from monai_emma.transforms.geometry import DisplayOrientation
+
+    stack = DisplayOrientation(result.anatomical.affine).to_display(result.anatomical_scaled)
+    profile = stack.reshape(-1, stack.shape[-1]).mean(axis=0)
+    filled = np.flatnonzero(profile > 0.1 * profile.max()) if profile.max() > 0 else np.arange(stack.shape[-1])
+    lo, hi = (int(filled[0]), int(filled[-1])) if filled.size else (0, stack.shape[-1] - 1)
+    picks = np.linspace(lo, hi, count + 2)[1:-1] if hi - lo + 1 > count else np.arange(lo, hi + 1)
+    return sorted({int(round(p)) for p in picks})
+
+
+def save_preview(result: FusionResult, path: str | os.PathLike, colour: np.ndarray | None = None) -> Path:
+    """A montage of sources and fused images: one row per slice (3D) or the pair (2D).
+
+    Args:
+        result: the fusion.
+        path: PNG to write (atomically).
+        colour: optional colour rendering (same layout as ``result.fused`` plus a last axis of 3).
+    """
+    from monai_emma.io.png import save_montage
+
+    mod = (result.modality or "other").upper()
+    titles = ["anatomical", mod, "EMMA fused"] + (["colour"] if colour is not None else [])
+    if not result.is_3d:
+        fused = result.fused
+        row = [result.anatomical_scaled, result.other_scaled, fused if fused.ndim == 2 else fused]
+        if colour is not None:
+            row.append(colour)
+        return save_montage([row], path, titles=titles)
+    from monai_emma.transforms.geometry import DisplayOrientation
+
+    orient = DisplayOrientation(result.anatomical.affine)
+    views = [orient.to_display(v) for v in (result.anatomical_scaled, result.other_scaled, result.fused)]
+    col = None if colour is None else np.stack([orient.to_display(colour[..., c]) for c in range(3)], -1)
+    rows = []
+    for k in preview_slices(result):
+        row = [v[:, :, k] for v in views]
+        if col is not None:
+            row.append(col[:, :, k])
+        rows.append(row)
+    return save_montage(rows, path, titles=titles)
+
+
+def write_fusion(
+    result: FusionResult,
+    output: str | os.PathLike,
+    fmt: str | None = None,
+    colormap: str | None = None,
+    preview: str | os.PathLike | None = None,
+    overwrite: bool = False,
+) -> dict[str, Path]:
+    """Write a fusion result; every file goes to a temporary name first.
+
+    Args:
+        result: from :func:`~monai_emma.fusion.fuse_volumes` or :func:`~monai_emma.fusion.fuse_images`.
+        output: ``.png`` (2D), ``.nii``/``.nii.gz`` (3D) or a folder for ``fmt="dicom"``.
+        fmt: ``"png"``, ``"nifti"`` or ``"dicom"``; from the suffix when omitted.
+        colormap: also write a colour rendering (colour-mapped second modality with the fused
+            luminance) to :func:`colour_path`.
+        preview: also write a montage PNG there.
+        overwrite: replace existing outputs.
+
+    Returns:
+        ``{"fused": path, "colour": path, "preview": path}`` for what was written.
+
+    Raises:
+        ValueError: a format that does not fit the inputs (PNG for volumes, NIfTI for 2D images,
+            DICOM without a DICOM anatomical series).
+        FileExistsError: an output exists and ``overwrite`` is false (checked before writing anything).
+    """
+    from monai_emma import __version__
+    from monai_emma.transforms.colour import colourise
+
+    fmt = output_format(output, fmt)
+    a = result.anatomical
+    if result.is_3d and fmt == "png":
+        raise ValueError(f"{output}: PNG output is for 2D inputs; use .nii.gz or --output-format dicom for volumes")
+    if not result.is_3d and fmt != "png":
+        raise ValueError(f"{output}: 2D inputs are written as PNG")
+    if fmt == "dicom" and a.kind != "dicom":
+        raise ValueError(f"{output}: DICOM output needs a DICOM anatomical series ({a.path} is {a.kind})")
+    targets = {"fused": Path(output)}
+    colour = None
+    if colormap:
+        if result.is_3d:
+            colour = colourise(result.fused, result.other_scaled, colormap)
+        elif result.fused.ndim == 2:
+            colour = colourise(result.fused.astype(np.float64) / 255.0, result.other_scaled, colormap)
+        if colour is not None:
+            targets["colour"] = colour_path(output, fmt)
+    if preview:
+        targets["preview"] = Path(preview)
+    existing = [str(p) for p in targets.values() if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{existing[0]}: output exists (use --overwrite to replace it)")
+
+    mods = f"{(a.modality or 'MR').upper()} + {(result.modality or 'other').upper()}"
+    description = f"EMMA fusion (monai-emma {__version__}) of {mods}"
+    if fmt == "png":
+        from monai_emma.io.png import save_png
+
+        save_png(result.fused, targets["fused"])
+        if colour is not None:
+            save_png(colour, targets["colour"])
+    else:
+        from monai_emma.io.nifti import save_nifti_like
+
+        if fmt == "nifti":
+            save_nifti_like(result.fused, a, targets["fused"], overwrite=True, description=description)
+        else:
+            from monai_emma.io.dicom import write_derived_series
+
+            uids = tuple(u for u in (a.series_uid, result.other.series_uid) if u)
+            write_derived_series(
+                result.fused,
+                a,
+                targets["fused"],
+                description=description,
+                series_description=f"EMMA fused {mods}",
+                overwrite=True,
+                source_uids=uids,
+            )
+        if colour is not None:
+            save_nifti_like(colour, a, targets["colour"], overwrite=True, description=f"{description}, colour")
+    if preview:
+        save_preview(result, targets["preview"], colour)
+    return targets

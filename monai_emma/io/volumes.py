@@ -1,0 +1,306 @@
+"""Reading fusion inputs: 2D images, NIfTI volumes and DICOM series, with MONAI's readers.
+
+Every input becomes a :class:`Volume`: an array plus the geometry needed to resample and to write
+results back on the same grid. 3D arrays are ``(X, Y, Z)`` in the reader's voxel order with a
+4×4 voxel-to-world affine in RAS+ millimetres (MONAI's convention for NIfTI and DICOM alike); a
+single DICOM slice becomes a one-slice volume. 2D images stay ``(C, H, W)`` on their 0-255 scale.
+
+Errors are :class:`VolumeReadError`: one line naming the input and the problem, never a reader
+traceback (the original exception stays attached as ``__cause__``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["Volume", "DicomSeries", "VolumeReadError", "read_volume", "list_dicom_series", "input_kind"]
+
+# MONAI 1.6 announces its optional nvImageCodec DICOM plugin on reader use; irrelevant here
+logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", message=".*NvImgCodecPydicomReader.*")
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+class VolumeReadError(ValueError):
+    """An input could not be used; the message names it and the problem in one line."""
+
+
+@dataclass
+class DicomSeries:
+    """One DICOM series found in a folder (headers only)."""
+
+    uid: str
+    files: list[Path]
+    modality: str = ""
+    description: str = ""
+
+    def summary(self) -> str:
+        desc = f" '{self.description}'" if self.description else ""
+        return f"{self.uid} ({self.modality or '?'}, {len(self.files)} file(s){desc})"
+
+
+@dataclass
+class Volume:
+    """An input image with its geometry.
+
+    Attributes:
+        array: float32; ``(X, Y, Z)`` for volumes, ``(C, H, W)`` on a 0-255 scale for 2D images.
+        affine: 4×4 voxel index → RAS+ mm (identity for 2D images).
+        path: the file or folder it came from.
+        kind: ``"image2d"``, ``"nifti"`` or ``"dicom"``.
+        files: the DICOM files of the series (empty otherwise).
+        modality: the DICOM ``Modality`` (``"MR"``, ``"CT"``, ``"PT"``, ``"NM"``…) when known.
+        series_uid: the DICOM ``SeriesInstanceUID`` when known.
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    path: Path
+    kind: str
+    files: list[Path] = field(default_factory=list)
+    modality: str = ""
+    series_uid: str = ""
+
+    @property
+    def is_3d(self) -> bool:
+        return self.kind != "image2d"
+
+    @property
+    def spacing(self) -> tuple[float, ...]:
+        """Voxel size in mm along each array axis (3D only)."""
+        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
+
+    def describe(self) -> str:
+        shape = "x".join(str(s) for s in (self.array.shape if self.is_3d else self.array.shape[1:]))
+        if not self.is_3d:
+            return f"{self.path} (2D image {shape})"
+        sp = "x".join(f"{s:.3g}" for s in self.spacing)
+        return f"{self.path} ({self.kind}, {shape} voxels of {sp} mm)"
+
+
+def input_kind(path: str | os.PathLike) -> str:
+    """``"image2d"``, ``"nifti"`` or ``"dicom"`` from the path alone (folders are DICOM series)."""
+    p = Path(path)
+    name = p.name.lower()
+    if p.is_dir():
+        return "dicom"
+    if name.endswith(NIFTI_SUFFIXES):
+        return "nifti"
+    if name.endswith(IMAGE_SUFFIXES):
+        return "image2d"
+    if name.endswith((".dcm", ".dicom", ".ima")) or _is_dicom_file(p):
+        return "dicom"
+    raise VolumeReadError(
+        f"{p}: unknown input format (expected a 2D image {', '.join(IMAGE_SUFFIXES)}, NIfTI .nii/.nii.gz, "
+        "a DICOM file or a DICOM series folder)"
+    )
+
+
+def _is_dicom_file(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _first_line(err: BaseException, limit: int = 160) -> str:
+    """The first meaningful line of an error message (MONAI embeds whole tracebacks in its text)."""
+    skip = ("Traceback", "File ", "The above exception", "During handling", "^", "~", "===")
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip() and not ln.strip().startswith(skip)]
+    return (lines[0] if lines else type(err).__name__)[:limit]
+
+
+def list_dicom_series(folder: str | os.PathLike) -> dict[str, DicomSeries]:
+    """The DICOM series in a folder (not recursive), by SeriesInstanceUID, reading headers only.
+
+    Raises:
+        VolumeReadError: the folder holds no readable DICOM file.
+    """
+    import pydicom
+
+    folder = Path(folder)
+    series: dict[str, DicomSeries] = {}
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+        if not pydicom.misc.is_dicom(path):
+            continue
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:  # a damaged file: reported when it belongs to the chosen series
+            continue
+        uid = str(ds.get("SeriesInstanceUID", "") or "unknown")
+        entry = series.setdefault(
+            uid, DicomSeries(uid, [], str(ds.get("Modality", "")), str(ds.get("SeriesDescription", "")))
+        )
+        entry.files.append(path)
+    if not series:
+        raise VolumeReadError(f"{folder}: no DICOM files in this folder")
+    return series
+
+
+def _check_series_headers(folder: Path, files: Sequence[Path]) -> list[Path]:
+    """Validate a series' geometry from its headers; returns the files in InstanceNumber order."""
+    import pydicom
+
+    rows = []
+    for path in files:
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception as err:
+            raise VolumeReadError(f"{path}: not a readable DICOM file ({_first_line(err)})") from err
+        missing = [t for t in ("ImagePositionPatient", "ImageOrientationPatient", "Rows", "Columns") if t not in ds]
+        if missing:
+            raise VolumeReadError(f"{path}: DICOM slice without {', '.join(missing)}; cannot place it in space")
+        if "InstanceNumber" not in ds or ds.InstanceNumber is None:
+            raise VolumeReadError(f"{path}: DICOM slice without InstanceNumber; cannot order the series")
+        rows.append((int(ds.InstanceNumber), path, ds))
+    rows.sort(key=lambda r: r[0])
+    if len({r[0] for r in rows}) != len(rows):
+        raise VolumeReadError(f"{folder}: duplicate InstanceNumber values in one series")
+    first = rows[0][2]
+    iop = np.asarray(first.ImageOrientationPatient, float)
+    size = (int(first.Rows), int(first.Columns))
+    normal = np.cross(iop[:3], iop[3:])
+    positions = []
+    for _, path, ds in rows:
+        if not np.allclose(np.asarray(ds.ImageOrientationPatient, float), iop, atol=1e-4):
+            raise VolumeReadError(f"{path}: slice orientation differs from the rest of the series")
+        if (int(ds.Rows), int(ds.Columns)) != size:
+            raise VolumeReadError(f"{path}: slice size {ds.Rows}x{ds.Columns} differs from {size[0]}x{size[1]}")
+        positions.append(float(np.dot(np.asarray(ds.ImagePositionPatient, float), normal)))
+    if len(positions) > 1:
+        steps = np.diff(positions)
+        if not (np.all(steps > 1e-4) or np.all(steps < -1e-4)):
+            raise VolumeReadError(f"{folder}: slice positions are not monotonic in InstanceNumber order")
+        if np.ptp(np.abs(steps)) > 0.01 * np.abs(steps).mean() + 1e-3:
+            gaps = np.abs(steps)
+            raise VolumeReadError(f"{folder}: unevenly spaced slices (gaps {gaps.min():.3g}-{gaps.max():.3g} mm)")
+    return [r[1] for r in rows]
+
+
+def _read_dicom(path: Path, series_uid: str | Sequence[str] | None) -> Volume:
+    from monai.data import PydicomReader
+    from monai.transforms import LoadImage
+
+    if path.is_dir():
+        series = list_dicom_series(path)
+        wanted = [series_uid] if isinstance(series_uid, str) else list(series_uid or [])
+        matches = [series[u] for u in wanted if u in series]
+        listing = "; ".join(s.summary() for s in series.values())
+        if len(matches) == 1:
+            chosen = matches[0]
+        elif len(series) == 1 and not (isinstance(series_uid, str) and series_uid):
+            chosen = next(iter(series.values()))
+        elif isinstance(series_uid, str) and series_uid:
+            raise VolumeReadError(f"{path}: no series {series_uid}; found {listing}")
+        else:
+            raise VolumeReadError(f"{path}: {len(series)} DICOM series here, choose one with --series-uid: {listing}")
+        files = _check_series_headers(path, chosen.files)
+        regex = "^(" + "|".join(re.escape(str(f)) for f in files) + ")$"
+        source: Path | str = path if len(files) > 1 else files[0]
+        reader = PydicomReader(fname_regex=regex)
+        modality, uid = chosen.modality, chosen.uid
+    else:
+        files = _check_series_headers(path.parent, [path])
+        source, reader = path, PydicomReader()
+        modality, uid = "", ""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img = LoadImage(reader=reader, image_only=True, dtype=np.float32)(str(source))
+    except Exception as err:
+        raise VolumeReadError(f"{path}: not a readable DICOM series ({_first_line(err)})") from err
+    array = np.asarray(img, np.float32)
+    affine = np.asarray(img.affine, np.float64)
+    if array.ndim == 2:  # one slice: give it a thickness along the slice normal
+        import pydicom
+
+        ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+        modality = modality or str(ds.get("Modality", ""))
+        uid = uid or str(ds.get("SeriesInstanceUID", ""))
+        iop = np.asarray(ds.ImageOrientationPatient, float)
+        thickness = float(ds.get("SliceThickness", 0) or 0) or 1.0
+        normal_ras = (LPS_TO_RAS[:3, :3] @ np.cross(iop[:3], iop[3:])) * thickness
+        affine = affine.copy()
+        affine[:3, 2] = normal_ras
+        array = array[..., None]
+    if array.ndim != 3:
+        raise VolumeReadError(f"{path}: expected one 3D series, got an array of shape {array.shape}")
+    return Volume(array, affine, path, "dicom", files=list(files), modality=modality, series_uid=uid)
+
+
+def _read_nifti(path: Path) -> Volume:
+    from monai.transforms import LoadImage
+
+    try:
+        img = LoadImage(reader="NibabelReader", image_only=True, dtype=np.float32)(str(path))
+    except Exception as err:
+        raise VolumeReadError(f"{path}: not a readable NIfTI file ({_first_line(err)})") from err
+    array = np.asarray(img, np.float32)
+    while array.ndim > 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3:
+        raise VolumeReadError(f"{path}: expected a 3D volume, got shape {tuple(array.shape)} (4D series are not fused)")
+    return Volume(array, np.asarray(img.affine, np.float64), path, "nifti")
+
+
+def _read_image2d(path: Path) -> Volume:
+    from monai_emma.transforms.io import LoadPairedSliced, SliceReadError
+
+    try:
+        array = LoadPairedSliced("img")({"img": str(path)})["img"]
+    except SliceReadError as err:
+        raise VolumeReadError(str(err)) from err
+    return Volume(array, np.eye(4), path, "image2d")
+
+
+def read_volume(path: str | os.PathLike, series_uid: str | Sequence[str] | None = None) -> Volume:
+    """Read a 2D image, a NIfTI volume, a DICOM file or a DICOM series folder.
+
+    Args:
+        path: the input.
+        series_uid: which series to read when a folder holds several: one UID (required to be
+            there), or several candidates of which exactly one must be in the folder (how the
+            CLI's repeatable ``--series-uid`` serves both inputs).
+
+    Returns:
+        The :class:`Volume`.
+
+    Raises:
+        VolumeReadError: missing, unreadable or unusable input (non-finite voxels, several series
+            without a choice, inconsistent slices…); one line naming the input.
+
+    Example:
+        >>> vol = read_volume("mri.nii.gz")  # doctest: +SKIP
+        >>> vol.array.shape, vol.spacing  # doctest: +SKIP
+        ((256, 256, 128), (1.0, 1.0, 1.0))
+    """
+    p = Path(path)
+    if not p.exists():
+        raise VolumeReadError(f"{p}: no such file or folder")
+    if p.is_file() and p.stat().st_size == 0:
+        raise VolumeReadError(f"{p}: empty file")
+    kind = input_kind(p)
+    vol = {"nifti": _read_nifti, "image2d": _read_image2d}[kind](p) if kind != "dicom" else _read_dicom(p, series_uid)
+    bad = int(np.size(vol.array) - np.count_nonzero(np.isfinite(vol.array)))
+    if bad:
+        raise VolumeReadError(f"{p}: {bad} non-finite voxel value(s) (NaN or infinity)")
+    if vol.array.size == 0:
+        raise VolumeReadError(f"{p}: empty image")
+    if vol.is_3d and abs(np.linalg.det(vol.affine[:3, :3])) < 1e-9:
+        raise VolumeReadError(f"{p}: degenerate voxel-to-world affine (zero voxel size)")
+    return vol
