@@ -49,3 +49,25 @@ def harvard_root() -> Path:
     if not root.is_dir():
         pytest.skip("../shared/data/harvard is not available")
     return root
+
+
+class PickChannel:
+    """A stand-in fuser that returns one input channel: makes geometry visible in tests."""
+
+    def __init__(self, channel: int) -> None:
+        self.channel = channel
+
+    def __call__(self, x):
+        return x[:, self.channel : self.channel + 1]
+
+
+@pytest.fixture(scope="session")
+def phantom_volume_files(tmp_path_factory) -> dict[str, dict[str, Path]]:
+    """The 3D phantom (small head) as NIfTI files and DICOM series: ``{"nifti": {...}, "dicom": {...}}``."""
+    from monai_emma.data.phantom import write_phantom_dicom, write_phantom_nifti
+
+    root = tmp_path_factory.mktemp("phantom_volumes")
+    return {
+        "nifti": write_phantom_nifti(root / "nifti", head_mm=48.0),
+        "dicom": write_phantom_dicom(root / "dicom", head_mm=48.0),
+    }

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 from PIL import Image
 
 from monai_emma.cli import main
@@ -48,7 +49,7 @@ def test_fuse_folder_bad_input(phantom_root, tmp_path, capsys):
     weights = tmp_path / "w.pt"
     weights.write_bytes(b"nope")
     assert main(["fuse-folder", str(a), str(b), str(tmp_path / "o"), "--weights", str(weights)]) == 2
-    assert "w.pt: not a U-Fuser state dict" in capsys.readouterr().err
+    assert "w.pt: not a PyTorch weights file" in capsys.readouterr().err
     assert main(["fuse-folder", str(a), str(tmp_path / "missing"), str(tmp_path / "o")]) == 2
     assert "no such folder" in capsys.readouterr().err
     import torch
@@ -68,3 +69,16 @@ def test_train_and_evaluate_report_bad_input_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "run").exists()  # nothing written
     assert main(["evaluate", str(tmp_path), "--methods", "mean"]) == 2
     assert "no image pairs found" in capsys.readouterr().err
+
+
+@pytest.mark.shared_data
+def test_fuse_folder_on_shared_mri_pet_writes_colour(harvard_root, tmp_path):
+    a, b = harvard_root / "MRI_PET" / "MRI", harvard_root / "MRI_PET" / "PET"
+    out = tmp_path / "out"
+    assert main(["fuse-folder", str(a), str(b), str(out), "--quiet"]) == 0  # shipped weights, no flags
+    stems = sorted(p.stem for p in a.iterdir())
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{s}.png" for s in stems)
+    for p in out.iterdir():
+        img = np.asarray(Image.open(p))
+        assert img.dtype == np.uint8 and img.ndim == 3 and img.shape == (256, 256, 3)
+        assert np.abs(img[..., 0].astype(int) - img[..., 2]).max() > 30  # really in colour

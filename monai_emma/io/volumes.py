@@ -137,7 +137,9 @@ def list_dicom_series(folder: str | os.PathLike) -> dict[str, DicomSeries]:
         if not pydicom.misc.is_dicom(path):
             continue
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception:  # a damaged file: reported when it belongs to the chosen series
             continue
         uid = str(ds.get("SeriesInstanceUID", "") or "unknown")
@@ -157,7 +159,9 @@ def _check_series_headers(folder: Path, files: Sequence[Path]) -> list[Path]:
     rows = []
     for path in files:
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            with warnings.catch_warnings():  # pydicom warns about each oddity of a damaged file
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception as err:
             raise VolumeReadError(f"{path}: not a readable DICOM file ({_first_line(err)})") from err
         missing = [t for t in ("ImagePositionPatient", "ImageOrientationPatient", "Rows", "Columns") if t not in ds]

@@ -39,12 +39,11 @@ def weights_path(name: str = "default", kind: str = "ufuser") -> Path:
 
 
 def load_ufuser_file(path, map_location: str | torch.device = "cpu"):
-    """A default :class:`~monai_emma.networks.UFuser` loaded from a state-dict file, in eval mode."""
-    from monai_emma.networks import UFuser
+    """A :class:`~monai_emma.networks.UFuser` from a state-dict, checkpoint or official file, in eval mode
+    (see :func:`monai_emma.model_source.load_state_dict_file`)."""
+    from monai_emma.model_source import load_state_dict_file
 
-    net = UFuser()
-    net.load_state_dict(torch.load(path, map_location=map_location, weights_only=True))
-    return net.eval()
+    return load_state_dict_file(path, map_location)
 
 
 def load_ufuser(name: str = "default", map_location: str | torch.device = "cpu"):
