@@ -241,6 +241,30 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _cmd_phantom(args: argparse.Namespace) -> int:
+    from monai_emma.data.phantom import write_phantom_dicom, write_phantom_nifti
+
+    out = Path(args.output)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise CLIError(f"{out}: folder exists and is not empty (use --overwrite)")
+    kwargs = {"seed": args.seed, "head_mm": args.head_mm, "mri_spacing": args.mri_spacing}
+    written = {}
+    if args.format in ("nifti", "both"):
+        written.update({f"{m} (NIfTI)": p for m, p in write_phantom_nifti(out / "nifti", **kwargs).items()})
+    if args.format in ("dicom", "both"):
+        written.update({f"{m} (DICOM)": p for m, p in write_phantom_dicom(out / "dicom", **kwargs).items()})
+    for name, path in written.items():
+        print(f"wrote {name}: {path}")
+    return 0
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--weights", help="U-Fuser state dict or checkpoint (default: the shipped weights)")
@@ -311,13 +335,22 @@ def build_parser() -> argparse.ArgumentParser:
     fu.add_argument("--colormap", help="also write a colour rendering (hot, jet, inferno, magma, viridis, turbo…)")
     fu.add_argument("--preview", help="also write a PNG montage of sources and fused slices")
     _add_model_options(fu)
-    fu.add_argument("--batch-size", type=int, default=8, help="slices per network call (default 8)")
+    fu.add_argument("--batch-size", type=_positive_int, help="slices per network call (default: 4 on CPU, 16 on CUDA)")
     fu.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     fu.add_argument("--stretch", action="store_true", help="min-max stretch each fused slice (the papers' protocol)")
     fu.add_argument("--resize", action="store_true", help="resize a 2D second image to the anatomical size")
     fu.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     fu.add_argument("--quiet", action="store_true", help="no progress bar")
     fu.set_defaults(func=_cmd_fuse)
+
+    ph = sub.add_parser("phantom", help="write the synthetic head as co-registered MRI/CT/PET/SPECT (NIfTI, DICOM)")
+    ph.add_argument("output", help="folder; gets nifti/<modality>.nii.gz and dicom/<modality>/ series")
+    ph.add_argument("--format", choices=["nifti", "dicom", "both"], default="both")
+    ph.add_argument("--head-mm", type=float, default=180.0, help="head width in mm (default 180)")
+    ph.add_argument("--mri-spacing", type=float, default=1.0, help="MRI voxel size in mm (default 1)")
+    ph.add_argument("--seed", type=int, default=0)
+    ph.add_argument("--overwrite", action="store_true")
+    ph.set_defaults(func=_cmd_phantom)
 
     ff = sub.add_parser("fuse-folder", help="fuse 2D image pairs matched by file name (PNG, JPEG, BMP, TIFF)")
     ff.add_argument("anatomical_dir", help="folder of anatomical images (MRI, visible)")

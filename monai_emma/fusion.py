@@ -109,7 +109,7 @@ def fuse_volumes(
     anatomical_rule: IntensityRule | None = None,
     other_rule: IntensityRule | None = None,
     device: str | torch.device = "cpu",
-    batch_size: int = 8,
+    batch_size: int | None = None,
     amp: bool = False,
     stretch: bool = False,
     progress: bool = False,
@@ -126,7 +126,8 @@ def fuse_volumes(
         anatomical_rule: intensity rule for the anatomical image (default: MRI percentiles).
         other_rule: intensity rule for the second modality (default: the modality's).
         device: where the network runs.
-        batch_size: slices per network call.
+        batch_size: slices per network call (default: 4 on CPU, where larger batches are no
+            faster, and 16 on CUDA; see ``benchmarks/bench_fuse_volume.py``).
         amp: mixed precision on CUDA.
         stretch: min-max stretch each fused slice (the papers' protocol) instead of clipping.
         progress: show a progress bar over slice batches.
@@ -180,6 +181,7 @@ def fuse_volumes(
 
         model, _ = resolve_fuser()
     dev = torch.device(device)
+    batch_size = batch_size or (16 if dev.type == "cuda" else 4)
     model = model.to(dev).eval() if isinstance(model, torch.nn.Module) else model
     inferer = FusionInferer(sw_batch_size=batch_size, amp=amp, progress=progress, sw_device=dev, device="cpu")
     fused = inferer(torch.from_numpy(stack), model)[0, 0].numpy()

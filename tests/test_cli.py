@@ -82,3 +82,17 @@ def test_fuse_folder_on_shared_mri_pet_writes_colour(harvard_root, tmp_path):
         img = np.asarray(Image.open(p))
         assert img.dtype == np.uint8 and img.ndim == 3 and img.shape == (256, 256, 3)
         assert np.abs(img[..., 0].astype(int) - img[..., 2]).max() > 30  # really in colour
+
+
+def test_phantom_command_writes_both_formats(tmp_path, capsys):
+    out = tmp_path / "sample"
+    assert main(["phantom", str(out), "--head-mm", "40"]) == 0
+    assert sorted(p.name for p in (out / "nifti").iterdir()) == [
+        "ct.nii.gz",
+        "mri.nii.gz",
+        "pet.nii.gz",
+        "spect.nii.gz",
+    ]
+    assert sorted(p.name for p in (out / "dicom").iterdir()) == ["ct", "mri", "pet", "spect"]
+    assert main(["phantom", str(out)]) == 2
+    assert "not empty" in capsys.readouterr().err

@@ -11,6 +11,19 @@ from pathlib import Path
 __all__ = ["atomic_path", "atomic_dir"]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish(tmp: Path, target: Path, directory: bool) -> None:
+    """Give the temporary file or folder normal permissions (``mkstemp`` makes them private) and
+    move it into place."""
+    os.chmod(tmp, (0o777 if directory else 0o666) & ~_umask())
+    os.replace(tmp, target)
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; rename it to ``target`` on success and
@@ -29,7 +42,7 @@ def atomic_path(target: str | os.PathLike, overwrite: bool = True) -> Iterator[P
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.replace(tmp_path, target)
+        _publish(tmp_path, target, directory=False)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
@@ -56,7 +69,7 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[P
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
             os.replace(target, old / "previous")
-        os.replace(tmp, target)
+        _publish(tmp, target, directory=True)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
