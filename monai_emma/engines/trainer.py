@@ -151,7 +151,8 @@ class EpochEnd:
         network = engine.network.module if hasattr(engine.network, "module") else engine.network
         if self.validate is not None:
             row.update(self.validate(network))
-            engine.state.metrics.update({k: v for k, v in row.items() if k.startswith("val_")})
+        # trackers (MONAI's MLFlowHandler, attached after this handler) log engine.state.metrics
+        engine.state.metrics.update({k: v for k, v in row.items() if k not in ("epoch", "seconds")})
         self.history.append(row)
         if not self.is_main:
             return
@@ -171,6 +172,18 @@ class EpochEnd:
         logger.info("%s epoch %d: %s", self.stage, engine.state.epoch, {k: round(v, 5) for k, v in row.items()})
 
 
+def _flat_params(cfg: dict[str, Any], stage: str, stage_cfg: StageConfig) -> dict[str, Any]:
+    """The run configuration as flat MLflow parameters (this stage's settings without a prefix)."""
+    flat: dict[str, Any] = {"stage": stage}
+    for key, value in cfg.items():
+        if key in ("sensor", "fuser"):
+            if key == ("sensor" if stage == "sensors" else "fuser"):
+                flat.update({k: v for k, v in value.items()})
+        elif key != "extra":
+            flat[key] = ",".join(map(str, value)) if isinstance(value, list | tuple) else value
+    return flat
+
+
 def build_stage_trainer(
     stage: str,
     network: torch.nn.Module,
@@ -188,12 +201,19 @@ def build_stage_trainer(
     progress: bool = True,
     extra_handlers: Sequence[Any] = (),
     loss_function: Callable | None = None,
+    final_file: str | None = None,
 ):
     """A MONAI ``SupervisedTrainer`` running ``step`` for ``stage_cfg.epochs`` epochs.
 
     Handlers: StepLR schedule, a per-epoch checkpoint of network, optimiser, scheduler and trainer
     state (``<stage>_checkpoint_epoch=<n>.pt``; resumed automatically when ``resume``), validation
     with best-model saving and a CSV history (:class:`EpochEnd`), and a tqdm progress bar.
+
+    ``extra_handlers`` (e.g. MONAI's ``MLFlowHandler``, which a bundle's ``--tracking mlflow``
+    adds) are attached after the bookkeeping, so they see each epoch's training averages,
+    learning rate and validation values in ``engine.state.metrics``; an ``MLFlowHandler`` without
+    ``experiment_param`` gets the run's configuration as parameters. With ``final_file``, the
+    main rank saves the exported network there when training completes.
 
     Returns:
         (trainer, epoch_end): run with ``trainer.run()``; ``epoch_end.history`` holds the rows.
@@ -235,7 +255,17 @@ def build_stage_trainer(
     export = export or (lambda net: net.state_dict())
     epoch_end = EpochEnd(stage, out_dir, validate, export, is_main=is_main)
     epoch_end.attach(trainer)
+    if final_file is not None and is_main:
+        from ignite.engine import Events
+
+        def save_final(engine: Any) -> None:
+            net = engine.network.module if hasattr(engine.network, "module") else engine.network
+            save_state(export(net), out_dir / final_file)
+
+        trainer.add_event_handler(Events.COMPLETED, save_final)
     for handler in extra_handlers:
+        if type(handler).__name__ == "MLFlowHandler" and not getattr(handler, "experiment_param", None):
+            handler.experiment_param = _flat_params(config.to_dict(), stage, stage_cfg)
         handler.attach(trainer)
     if progress and is_main:
         from ignite.handlers import ProgressBar

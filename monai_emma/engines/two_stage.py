@@ -18,12 +18,14 @@ import torch
 from monai_emma.data.pairs import PairedPatchDataset, SlicePair, find_pairs, load_pair, split_pairs
 from monai_emma.engines.config import TrainConfig
 from monai_emma.engines.steps import FuserStep, SensorBank, SensorStep
-from monai_emma.engines.trainer import StageResult, build_stage_trainer, save_state
+from monai_emma.engines.trainer import StageResult, build_stage_trainer
 from monai_emma.losses import EMMALoss
 from monai_emma.networks import UFuser
 from monai_emma.transforms.equivariance import TransformGroup
 
 __all__ = [
+    "sensor_trainer",
+    "fuser_trainer",
     "train_sensors",
     "train_fuser",
     "run_training",
@@ -125,7 +127,23 @@ def load_sensor_bank(path: str | os.PathLike, map_location: str | torch.device =
     return bank
 
 
-def _run_stage(
+def _distributed(network: torch.nn.Module, device: torch.device, find_unused: bool, trainer_kwargs: dict) -> Any:
+    """Wrap in DistributedDataParallel when a process group is up and ``distributed`` was asked;
+    fills in ``rank``/``world_size`` for the trainer."""
+    if not trainer_kwargs.pop("distributed", False):
+        return network
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError("distributed=True needs an initialised torch.distributed process group")
+    trainer_kwargs.setdefault("rank", dist.get_rank())
+    trainer_kwargs.setdefault("world_size", dist.get_world_size())
+    ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+    return DistributedDataParallel(network, device_ids=ids, find_unused_parameters=find_unused)
+
+
+def _stage_trainer(
     stage: str,
     network: torch.nn.Module,
     step,
@@ -136,10 +154,10 @@ def _run_stage(
     validate,
     export,
     final_file: str,
-    **trainer_kwargs: Any,
-) -> StageResult:
-    t0 = time.perf_counter()
-    trainer, epoch_end = build_stage_trainer(
+    trainer_kwargs: dict,
+):
+    network = _distributed(network, device, stage == "sensors", trainer_kwargs)
+    return build_stage_trainer(
         stage,
         network,
         step,
@@ -149,32 +167,37 @@ def _run_stage(
         out_dir,
         device,
         validate=validate,
-        export=export,
+        export=lambda net: export(net.module if hasattr(net, "module") else net),
+        final_file=final_file,
         **trainer_kwargs,
     )
-    trainer.run()
-    path = save_state(export(network), Path(out_dir) / final_file)
-    return StageResult(stage, path, epoch_end.history, time.perf_counter() - t0)
 
 
-def train_sensors(
+def sensor_trainer(
     train_pairs: Sequence[SlicePair],
     val_pairs: Sequence[SlicePair],
     cfg: TrainConfig,
     out_dir: str | os.PathLike,
     device: torch.device,
     **trainer_kwargs: Any,
-) -> StageResult:
-    """Stage 1: train one pseudo-sensor per modality; writes ``sensors.pt`` in ``out_dir``.
+):
+    """Stage 1, ready to run: one pseudo-sensor per modality; ``trainer.run()`` writes
+    ``sensors.pt`` in ``out_dir`` (plus checkpoints, best weights and history).
 
     ``trainer_kwargs`` go to :func:`~monai_emma.engines.trainer.build_stage_trainer` (``resume``,
-    ``progress``, ``extra_handlers``, ``rank``, ``world_size``)."""
+    ``progress``, ``extra_handlers``, ``rank``, ``world_size``); ``distributed=True`` wraps the
+    bank in DistributedDataParallel on the current process group.
+
+    Returns:
+        ``(trainer, epoch_end)`` as :func:`~monai_emma.engines.trainer.build_stage_trainer`.
+    """
+    device = torch.device(device)
     modalities = sorted({p.a_modality for p in train_pairs} | {p.b_modality for p in train_pairs})
     torch.manual_seed(cfg.seed)
     bank = SensorBank(modalities, preset=cfg.sensor_preset).to(device)
     validate = _sensor_validator(validation_slices(val_pairs), device)
     step = SensorStep(cfg.stage1_rules, seed=cfg.seed)
-    return _run_stage(
+    return _stage_trainer(
         "sensors",
         bank,
         step,
@@ -185,8 +208,61 @@ def train_sensors(
         validate,
         _bank_export,
         SENSORS_FILE,
-        **trainer_kwargs,
+        trainer_kwargs,
     )
+
+
+def fuser_trainer(
+    train_pairs: Sequence[SlicePair],
+    val_pairs: Sequence[SlicePair],
+    sensors: SensorBank,
+    cfg: TrainConfig,
+    out_dir: str | os.PathLike,
+    device: torch.device,
+    **trainer_kwargs: Any,
+):
+    """Stage 2, ready to run: the U-Fuser against frozen ``sensors``; ``trainer.run()`` writes
+    ``ufuser.pt`` in ``out_dir``. Arguments as :func:`sensor_trainer`."""
+    device = torch.device(device)
+    torch.manual_seed(cfg.seed + 1)
+    fuser = UFuser().to(device)
+    sensors = sensors.to(device).freeze()
+    group = TransformGroup(cfg.shifts, cfg.rotations, cfg.reflections)
+    step = FuserStep(sensors, EMMALoss(alpha=cfg.alpha), group, cfg.seed)
+    validate = _fuser_validator(validation_slices(val_pairs), sensors, device)
+    return _stage_trainer(
+        "fuser",
+        fuser,
+        step,
+        train_pairs,
+        cfg,
+        Path(out_dir),
+        device,
+        validate,
+        lambda net: net.state_dict(),
+        FUSER_FILE,
+        trainer_kwargs,
+    )
+
+
+def _run(stage: str, out_dir: str | os.PathLike, final_file: str, prepared) -> StageResult:
+    t0 = time.perf_counter()
+    trainer, epoch_end = prepared
+    trainer.run()
+    return StageResult(stage, Path(out_dir) / final_file, epoch_end.history, time.perf_counter() - t0)
+
+
+def train_sensors(
+    train_pairs: Sequence[SlicePair],
+    val_pairs: Sequence[SlicePair],
+    cfg: TrainConfig,
+    out_dir: str | os.PathLike,
+    device: torch.device,
+    **trainer_kwargs: Any,
+) -> StageResult:
+    """Stage 1 run to the end (see :func:`sensor_trainer`)."""
+    prepared = sensor_trainer(train_pairs, val_pairs, cfg, out_dir, device, **trainer_kwargs)
+    return _run("sensors", out_dir, SENSORS_FILE, prepared)
 
 
 def train_fuser(
@@ -198,26 +274,9 @@ def train_fuser(
     device: torch.device,
     **trainer_kwargs: Any,
 ) -> StageResult:
-    """Stage 2: train the U-Fuser against frozen ``sensors``; writes ``ufuser.pt`` in ``out_dir``."""
-    torch.manual_seed(cfg.seed + 1)
-    fuser = UFuser().to(device)
-    sensors = sensors.to(device).freeze()
-    group = TransformGroup(cfg.shifts, cfg.rotations, cfg.reflections)
-    step = FuserStep(sensors, EMMALoss(alpha=cfg.alpha), group, cfg.seed)
-    validate = _fuser_validator(validation_slices(val_pairs), sensors, device)
-    return _run_stage(
-        "fuser",
-        fuser,
-        step,
-        train_pairs,
-        cfg,
-        Path(out_dir),
-        device,
-        validate,
-        lambda net: net.state_dict(),
-        FUSER_FILE,
-        **trainer_kwargs,
-    )
+    """Stage 2 run to the end (see :func:`fuser_trainer`)."""
+    prepared = fuser_trainer(train_pairs, val_pairs, sensors, cfg, out_dir, device, **trainer_kwargs)
+    return _run("fuser", out_dir, FUSER_FILE, prepared)
 
 
 def run_training(
