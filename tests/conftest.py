@@ -5,9 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -16,26 +14,9 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def write_phantom_dataset(root: Path, size: int = 64, n: int = 4, modalities=("CT", "PET")) -> Path:
-    """Harvard-style folders ``MRI_<M>/{MRI,<M>}/<i>.png`` of phantom slices (PET in pseudo-colour)."""
-    from monai_emma.data.phantom import phantom_slice_pair
+    from monai_emma.data.phantom import write_phantom_pairs
 
-    for mod in modalities:
-        for i in range(n):
-            mri, other = phantom_slice_pair(size, mod.lower(), seed=i)
-            shift = (i % 3) - 1  # vary the anatomy a little between slices
-            mri, other = np.roll(mri, shift, 0), np.roll(other, shift, 1)
-            grey = (mri * 255).round().astype(np.uint8)
-            if mod == "CT":
-                other_img = np.repeat(((other * 255).round().astype(np.uint8))[..., None], 3, 2)
-            else:  # pseudo-colour: a red-yellow ramp
-                o = other
-                other_img = (np.stack([np.clip(2 * o, 0, 1), np.clip(2 * o - 0.5, 0, 1), o * 0.2], -1) * 255).round()
-                other_img = other_img.astype(np.uint8)
-            for folder, img in (("MRI", np.repeat(grey[..., None], 3, 2)), (mod, other_img)):
-                d = root / f"MRI_{mod}" / folder
-                d.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(img).save(d / f"{i + 1}.png")
-    return root
+    return write_phantom_pairs(root, size=size, n=n, modalities=modalities)
 
 
 @pytest.fixture(scope="session")

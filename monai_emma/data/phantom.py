@@ -13,6 +13,7 @@ Two flavours:
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ __all__ = [
     "phantom_volumes",
     "write_phantom_dicom",
     "write_phantom_nifti",
+    "write_phantom_pairs",
 ]
 
 
@@ -591,3 +593,45 @@ def write_phantom_dicom(
         _write_series(vol, folder, uids, entropy)
         folders[name] = folder
     return folders
+
+
+def write_phantom_pairs(
+    root: str | os.PathLike, size: int = 64, n: int = 4, modalities: Sequence[str] = ("CT", "PET")
+) -> Path:
+    """A Harvard-style folder of 2D phantom pairs: ``root/MRI_<M>/{MRI,<M>}/<i>.png``.
+
+    All files are 3-channel 8-bit PNGs like the Harvard atlas; CT is grey, PET and SPECT are
+    pseudo-colour (a red-yellow ramp). Pairs differ by a small shift and their noise.
+
+    Args:
+        root: created if needed.
+        size: slice size in pixels.
+        n: pairs per modality.
+        modalities: ``"CT"``, ``"PET"``, ``"SPECT"``.
+
+    Returns:
+        ``root``.
+
+    Example:
+        >>> write_phantom_pairs("pairs", size=64, n=2)  # doctest: +SKIP
+        PosixPath('pairs')
+    """
+    from PIL import Image
+
+    root = Path(root)
+    for mod in modalities:
+        for i in range(n):
+            mri, other = phantom_slice_pair(size, mod.lower(), seed=i)
+            shift = (i % 3) - 1  # vary the anatomy a little between slices
+            mri, other = np.roll(mri, shift, 0), np.roll(other, shift, 1)
+            grey = (mri * 255).round().astype(np.uint8)
+            if mod.upper() == "CT":
+                other_img = np.repeat(((other * 255).round().astype(np.uint8))[..., None], 3, 2)
+            else:
+                ramp = np.stack([np.clip(2 * other, 0, 1), np.clip(2 * other - 0.5, 0, 1), other * 0.2], -1)
+                other_img = (ramp * 255).round().astype(np.uint8)
+            for folder, img in (("MRI", np.repeat(grey[..., None], 3, 2)), (mod.upper(), other_img)):
+                d = root / f"MRI_{mod.upper()}" / folder
+                d.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(img).save(d / f"{i + 1}.png")
+    return root

@@ -128,8 +128,10 @@ class SensorStep:
         return a, b, fused
 
     def loss(self, bank: nn.Module, a, b, fused, mod_a: list[str], mod_b: list[str]) -> dict[str, torch.Tensor]:
-        sensed_a = bank(fused, mod_a)
-        sensed_b = bank(fused, mod_b)
+        # one forward call for both sources (DistributedDataParallel expects one per backward)
+        n = fused.shape[0]
+        sensed = bank(torch.cat([fused, fused]), [*mod_a, *mod_b])
+        sensed_a, sensed_b = sensed[:n], sensed[n:]
         la, lb = F.mse_loss(sensed_a, a), F.mse_loss(sensed_b, b)
         return {"sense_a": la, "sense_b": lb, "total": la + lb}
 

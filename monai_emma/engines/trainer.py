@@ -172,6 +172,10 @@ class EpochEnd:
         logger.info("%s epoch %d: %s", self.stage, engine.state.epoch, {k: round(v, 5) for k, v in row.items()})
 
 
+def _as_decollated(transform: Callable) -> Callable:
+    return lambda output: transform([output] if isinstance(output, dict) else output)
+
+
 def _flat_params(cfg: dict[str, Any], stage: str, stage_cfg: StageConfig) -> dict[str, Any]:
     """The run configuration as flat MLflow parameters (this stage's settings without a prefix)."""
     flat: dict[str, Any] = {"stage": stage}
@@ -248,10 +252,10 @@ def build_stage_trainer(
     if latest is not None:
         CheckpointLoader(str(latest), save_dict, map_location=device).attach(trainer)
         logger.info("resuming %s from %s", stage, latest)
-    if is_main:
-        CheckpointSaver(
-            str(out_dir), save_dict, file_prefix=stage, save_interval=1, n_saved=1, epoch_level=True
-        ).attach(trainer)
+    # every rank builds the saver (ignite synchronises ranks while constructing it); rank 0 writes
+    CheckpointSaver(str(out_dir), save_dict, file_prefix=stage, save_interval=1, n_saved=1, epoch_level=True).attach(
+        trainer
+    )
     export = export or (lambda net: net.state_dict())
     epoch_end = EpochEnd(stage, out_dir, validate, export, is_main=is_main)
     epoch_end.attach(trainer)
@@ -266,6 +270,11 @@ def build_stage_trainer(
     for handler in extra_handlers:
         if type(handler).__name__ == "MLFlowHandler" and not getattr(handler, "experiment_param", None):
             handler.experiment_param = _flat_params(config.to_dict(), stage, stage_cfg)
+        monai_handler = type(handler).__module__.startswith("monai.handlers")
+        if monai_handler and callable(getattr(handler, "output_transform", None)):
+            # MONAI's engines emit a decollated list of dicts, our steps one dict of scalars: adapt
+            # so MONAI's default transforms (e.g. from_engine(["loss"], first=True)) work unchanged
+            handler.output_transform = _as_decollated(handler.output_transform)
         handler.attach(trainer)
     if progress and is_main:
         from ignite.handlers import ProgressBar

@@ -71,7 +71,8 @@ def validation_slices(pairs: Sequence[SlicePair], multiple: int = 16, max_size: 
 
 
 def _validator(slices: list[dict], device: torch.device, score, prepare=None):
-    """``validate(net) -> {"val_loss": mean score}`` over full validation slices, in eval mode."""
+    """``validate(net) -> {"val_loss": …, …}``: the mean of ``score`` over full validation slices,
+    in eval mode; ``score`` returns the loss or a dict of named values."""
 
     @torch.no_grad()
     def validate(net: torch.nn.Module) -> dict[str, float]:
@@ -81,12 +82,15 @@ def _validator(slices: list[dict], device: torch.device, score, prepare=None):
         net.eval()
         if prepare is not None:
             prepare()
-        total = 0.0
+        totals: dict[str, float] = {}
         for s in slices:
             a, b = s["a"][None].to(device), s["b"][None].to(device)
-            total += float(score(net, a, b, [s["a_modality"]], [s["b_modality"]]))
+            values = score(net, a, b, [s["a_modality"]], [s["b_modality"]])
+            values = values if isinstance(values, dict) else {"loss": values}
+            for key, value in values.items():
+                totals[f"val_{key}"] = totals.get(f"val_{key}", 0.0) + float(value)
         net.train(was)
-        return {"val_loss": total / len(slices)}
+        return {k: v / len(slices) for k, v in totals.items()}
 
     return validate
 
@@ -97,13 +101,24 @@ def _sensor_validator(slices: list[dict], device: torch.device):
     return _validator(slices, device, lambda bank, a, b, ma, mb: step.loss(bank, a, b, (a + b) / 2, ma, mb)["total"])
 
 
+#: fusion metrics reported by stage-2 validation (``val_<name>``; see :mod:`monai_emma.metrics`)
+VALIDATION_METRICS = ("MI", "VIF", "Qabf", "SSIM")
+
+
 def _fuser_validator(slices: list[dict], sensors: SensorBank, device: torch.device):
-    """Stage-2 validation: the sensing part of the EMMA loss on each full slice."""
+    """Stage-2 validation: the sensing part of the EMMA loss (``val_loss``, the key metric) and
+    fusion metrics of the 8-bit fused image on each full slice."""
+    from monai_emma.metrics import batch_fusion_metrics
+
     loss = EMMALoss(alpha=0.0)
 
     def score(fuser, a, b, ma, mb):
         f = fuser(torch.cat([a, b], 1))
-        return loss(sensors(f, ma), a, sensors(f, mb), b)
+        values = {"loss": loss(sensors(f, ma), a, sensors(f, mb), b)}
+        to8 = lambda t: (t.clamp(0, 1) * 255).round().double().cpu()  # noqa: E731
+        metrics = batch_fusion_metrics(to8(f), to8(a), to8(b), VALIDATION_METRICS)
+        values.update({name: float(v[0]) for name, v in metrics.items()})
+        return values
 
     return _validator(slices, device, score, prepare=lambda: sensors.to(device))
 

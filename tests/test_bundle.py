@@ -1,0 +1,146 @@
+"""The EMMA MONAI bundle, run through MONAI's own bundle API on small generated data."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "emma"
+CONFIGS = BUNDLE / "configs"
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _run(config: str | list[str], **override):
+    from monai.bundle import run
+
+    files = [str(CONFIGS / c) for c in ([config] if isinstance(config, str) else config)]
+    return run(
+        config_file=files if len(files) > 1 else files[0], logging_file=str(CONFIGS / "logging.conf"), **override
+    )
+
+
+def test_metadata_and_single_copy_of_the_weights():
+    from monai_emma.weights import weights_path
+
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    for key in ("version", "changelog", "monai_version", "pytorch_version", "numpy_version", "task", "authors"):
+        assert meta[key]
+    assert meta["version"] in meta["changelog"] and "monai-emma" in meta["required_packages_version"]
+    image = meta["network_data_format"]["inputs"]["image"]
+    assert image["num_channels"] == 2 and image["channel_def"]["0"].startswith("MRI")
+    assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == 1
+    assert "sensor_data_format" in meta
+    # the bundle's models are the package's shipped weights, byte for byte, and stay small
+    assert _sha(BUNDLE / "models" / "model.pt") == _sha(weights_path("default", "ufuser"))
+    assert _sha(BUNDLE / "models" / "sensors.pt") == _sha(weights_path("default", "sensors"))
+    assert sum(p.stat().st_size for p in (BUNDLE / "models").iterdir()) < 20 * 2**20
+    assert (BUNDLE / "LICENSE").is_file() and "Intended use" in (BUNDLE / "docs" / "README.md").read_text()
+
+
+def test_inference_on_volumes_keeps_the_grid(phantom_volume_files, tmp_path):
+    data = Path(phantom_volume_files["nifti"]["mri"]).parent
+    out = tmp_path / "out"
+    _run("inference.json", dataset_dir=str(data), output_dir=str(out), device="cpu", progress=False)
+    mri = nib.load(str(data / "mri.nii.gz"))
+    for name in ("nifti_ct", "nifti_pet", "nifti_spect"):
+        fused = nib.load(str(out / f"{name}.nii.gz"))
+        assert fused.shape == mri.shape
+        np.testing.assert_allclose(fused.affine, mri.affine, atol=1e-6)
+        values = fused.get_fdata()
+        assert np.isfinite(values).all() and 0 <= values.min() and values.max() <= 1
+        assert (out / f"{name}_preview.png").is_file()
+    assert (out / "nifti_pet_colour.nii.gz").is_file() and not (out / "nifti_ct_colour.nii.gz").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert {r["name"] for r in summary} == {"nifti_ct", "nifti_pet", "nifti_spect"}
+
+
+def test_inference_on_2d_pair_folders(phantom_root, tmp_path):
+    out = tmp_path / "out"
+    _run("inference.json", dataset_dir=str(phantom_root), output_dir=str(out), device="cpu", progress=False)
+    assert sorted(p.name for p in (out / "MRI_PET").iterdir()) == ["1.png", "2.png", "3.png", "4.png"]
+    assert (out / "MRI_CT_preview.png").is_file() and (out / "MRI_PET_preview.png").is_file()
+
+
+def test_inference_default_sample_from_another_working_directory(tmp_path):
+    """No dataset: the bundle writes its phantom sample; paths resolve relative to the bundle."""
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "inference.json")]
+    cmd += ["--output_dir", str(out), "--sample_spacing", "4.0", "--progress", "False"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    names = {p.name for p in out.iterdir()}
+    assert {"nifti_pet.nii.gz", "dicom_ct.nii.gz", "dicom_spect_preview.png", "sample"} <= names
+
+
+def test_two_stage_training_with_mlflow_and_resume(phantom_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+
+    run_dir = tmp_path / "run"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    small = {"sensor_samples_per_epoch": 32, "fuser_samples_per_epoch": 8}
+    common = dict(dataset_dir=str(phantom_root), run_dir=str(run_dir), epochs=1, overrides=small, device="cpu")
+    _run("train_sensors.json", tracking="mlflow", tracking_uri=uri, **common)
+    assert (run_dir / "models" / "sensors.pt").is_file()
+    _run("train_fuser.json", tracking="mlflow", tracking_uri=uri, **common)
+    model = run_dir / "models" / "model.pt"
+    from monai_emma.networks import UFuser
+
+    UFuser().load_state_dict(torch.load(model, weights_only=True))  # a U-Fuser state dict
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["emma-bundle"])
+    assert sorted(runs["tags.mlflow.runName"]) == ["fuser", "sensors"] and set(runs["status"]) == {"FINISHED"}
+    fuser = runs[runs["tags.mlflow.runName"] == "fuser"].iloc[0]
+    for key in ("metrics.val_loss", "metrics.val_VIF", "metrics.val_Qabf", "metrics.train_total", "metrics.lr"):
+        assert np.isfinite(fuser[key]), key
+    assert fuser["params.recipe"] == "cpu" and fuser["params.stage"] == "fuser"
+    artifacts = [a.path for a in mlflow.MlflowClient().list_artifacts(fuser["run_id"])]
+    assert any(a.startswith("config_") and a.endswith(".json") for a in artifacts)  # the executed config
+    # a second run with more epochs resumes from the epoch-1 checkpoint
+    _run("train_sensors.json", **{**common, "epochs": 2})
+    history = (run_dir / "models" / "sensors" / "history_sensors.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in history[1:]] == ["1.0", "2.0"]
+
+
+def test_multi_gpu_overlay_on_two_cpu_processes(phantom_root, tmp_path):
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    configs = f"['{CONFIGS / 'train_sensors.json'}','{CONFIGS / 'multi_gpu_train.json'}']"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run"]
+    cmd += ["--config_file", configs, "--dataset_dir", str(phantom_root), "--run_dir", str(run_dir)]
+    cmd += ["--epochs", "1", "--overrides", "{'sensor_samples_per_epoch': 32}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (run_dir / "models" / "sensors.pt").is_file()
+    assert len(list((run_dir / "models" / "sensors").glob("sensors_checkpoint_epoch=*.pt"))) == 1
+
+
+def test_verify_net_in_out_and_pt2_export(tmp_path):
+    from monai.bundle import verify_net_in_out
+
+    verify_net_in_out(
+        net_id="network_def",
+        meta_file=str(CONFIGS / "metadata.json"),
+        config_file=str(CONFIGS / "inference.json"),
+        n=2,
+        device="cpu",
+    )
+    path = tmp_path / "model.pt2"
+    _run("export.json", export_path=str(path))
+    program = torch.export.load(str(path)).module()
+    from monai_emma.networks import UFuser
+
+    net = UFuser.pretrained()
+    x = torch.rand(2, 2, 40, 64)  # another batch and size than the export example
+    with torch.no_grad():
+        assert (program(x) - net(x)).abs().max() < 1e-4
