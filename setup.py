@@ -30,6 +30,7 @@ setup(
         "PyWavelets>=1.5",
         "scikit-learn>=1.3",
         "tqdm>=4.60",
+        "psutil>=5.9",  # MLflow system metrics in the Ray pipeline
         "opencv-python-headless>=4.8",
     ],
     extras_require={

@@ -257,7 +257,8 @@ def build_stage_trainer(
         trainer
     )
     export = export or (lambda net: net.state_dict())
-    epoch_end = EpochEnd(stage, out_dir, validate, export, is_main=is_main)
+    # with several ranks only the main one validates (the others would repeat the same work)
+    epoch_end = EpochEnd(stage, out_dir, validate if is_main else None, export, is_main=is_main)
     epoch_end.attach(trainer)
     if final_file is not None and is_main:
         from ignite.engine import Events

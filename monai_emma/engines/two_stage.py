@@ -143,17 +143,22 @@ def load_sensor_bank(path: str | os.PathLike, map_location: str | torch.device =
 
 
 def _distributed(network: torch.nn.Module, device: torch.device, find_unused: bool, trainer_kwargs: dict) -> Any:
-    """Wrap in DistributedDataParallel when a process group is up and ``distributed`` was asked;
-    fills in ``rank``/``world_size`` for the trainer."""
-    if not trainer_kwargs.pop("distributed", False):
+    """Wrap for data-parallel training when ``distributed`` was asked, and fill in the trainer's
+    ``rank``/``world_size`` from the process group. ``distributed`` is ``True`` (plain
+    DistributedDataParallel) or a callable ``wrap(network, find_unused_parameters)`` (e.g. Ray
+    Train's ``prepare_model``)."""
+    wrap = trainer_kwargs.pop("distributed", False)
+    if not wrap:
         return network
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
     if not (dist.is_available() and dist.is_initialized()):
-        raise RuntimeError("distributed=True needs an initialised torch.distributed process group")
+        raise RuntimeError("distributed training needs an initialised torch.distributed process group")
     trainer_kwargs.setdefault("rank", dist.get_rank())
     trainer_kwargs.setdefault("world_size", dist.get_world_size())
+    if callable(wrap):
+        return wrap(network, find_unused)
     ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
     return DistributedDataParallel(network, device_ids=ids, find_unused_parameters=find_unused)
 

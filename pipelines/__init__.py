@@ -1,0 +1,1 @@
+"""Ray Train pipelines (``pipelines/train.py``)."""

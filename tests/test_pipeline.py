@@ -1,0 +1,153 @@
+"""Ray Train pipeline: real Ray (local, and a two-node cluster on loopback), real MLflow on SQLite."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+SMALL = {"sensor_samples_per_epoch": 32, "fuser_samples_per_epoch": 8}
+
+
+@pytest.fixture(scope="module")
+def ray_env():
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    os.environ["MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"] = "1"
+    import ray
+
+    yield
+    ray.shutdown()
+
+
+def _attempts(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_two_workers_both_stages_failure_resume_register_and_rerun(ray_env, phantom_root, tmp_path, monkeypatch):
+    import mlflow
+
+    from monai_emma.cli import main as cli
+    from monai_emma.pipeline import FAIL_ENV, PipelineOptions, run_pipeline
+    from pipelines.train import main as pipeline_main
+
+    run_root = tmp_path / "runs"
+    monkeypatch.setenv(FAIL_ENV, "sensors:2")  # the last worker raises once when sensor epoch 2 starts
+    args = ["--data", str(phantom_root), "--num-workers", "2", "--sensor-epochs", "2", "--fuser-epochs", "1"]
+    args += ["--run-root", str(run_root), "--name", "t1"] + [f"--override={k}={v}" for k, v in SMALL.items()]
+    assert pipeline_main(args) == 0
+    attempts = _attempts(run_root / "t1-attempts.jsonl")
+    sensors0 = [a["start_epoch"] for a in attempts if a["stage"] == "sensors" and a["rank"] == 0]
+    assert sensors0 == [0, 1]  # restarted by Ray and resumed from the epoch-1 checkpoint, not from 0
+    assert (run_root / ".t1-failed").is_file()
+
+    uri = f"sqlite:///{run_root / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name("emma-pipeline")
+    runs = client.search_runs([exp.experiment_id])
+    by_name = {r.info.run_name: r for r in runs}
+    assert sorted(by_name) == ["t1", "t1-fuser", "t1-sensors"] and {r.info.status for r in runs} == {"FINISHED"}
+    parent = by_name["t1"].info.run_id
+    fuser = by_name["t1-fuser"]
+    assert fuser.data.tags["mlflow.parentRunId"] == parent
+    assert {"val_loss", "val_VIF", "train_total", "lr"} <= set(fuser.data.metrics)
+    assert any(k.startswith("system/") for k in fuser.data.metrics)  # system metrics (psutil)
+    assert fuser.data.params["recipe"] == "cpu" and fuser.data.params["workers"] == "2"
+    assert "fused_validation.png" in [a.path for a in client.list_artifacts(fuser.info.run_id)]
+    assert "bundle/configs" in [a.path for a in client.list_artifacts(parent, "bundle")]
+    history = client.get_metric_history(by_name["t1-sensors"].info.run_id, "train_total")
+    assert sorted(m.step for m in history) == [1, 2]
+    version = client.get_model_version_by_alias("emma-ufuser", "candidate")
+    assert {m: client.get_model_version_by_alias(f"emma-sensor-{m}", "candidate").version for m in ("mri", "ct", "pet")}
+
+    # the registered model fuses like the checkpoint, for slice sizes it never saw
+    ckpt = by_name["t1"].data.tags["emma.checkpoint.fuser"]
+    from monai_emma.networks import UFuser
+
+    net = UFuser()
+    net.load_state_dict(torch.load(os.path.join(ckpt, "ufuser.pt"), weights_only=True))
+    net.eval()
+    x = np.random.default_rng(0).random((2, 2, 44, 70), dtype=np.float32)
+    with torch.inference_mode():
+        expected = net(torch.from_numpy(x)).numpy()
+    mlflow.set_tracking_uri(uri)
+    got = mlflow.pyfunc.load_model(f"models:/emma-ufuser/{version.version}").predict(x)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    a, b = phantom_root / "MRI_PET" / "MRI" / "1.png", phantom_root / "MRI_PET" / "PET" / "1.png"
+    out_uri, out_ckpt = tmp_path / "uri.png", tmp_path / "ckpt.png"
+    assert (
+        cli(
+            [
+                "fuse",
+                str(a),
+                str(b),
+                "-o",
+                str(out_uri),
+                "--model-uri",
+                "models:/emma-ufuser@candidate",
+                "--tracking-uri",
+                uri,
+            ]
+        )
+        == 0
+    )
+    assert cli(["fuse", str(a), str(b), "-o", str(out_ckpt), "--weights", os.path.join(ckpt, "ufuser.pt")]) == 0
+    assert out_uri.read_bytes() == out_ckpt.read_bytes()
+
+    # the same name again: nothing retrained, no duplicated runs, no new model version
+    monkeypatch.delenv(FAIL_ENV)
+    opts = PipelineOptions(
+        data=str(phantom_root), name="t1", run_root=str(run_root), sensor_epochs=2, fuser_epochs=1, overrides=SMALL
+    )
+    result = run_pipeline(opts)
+    assert result.model_version == str(version.version)
+    assert len(client.search_runs([exp.experiment_id])) == 3
+    assert len(_attempts(run_root / "t1-attempts.jsonl")) == len(attempts)
+
+
+def test_two_node_cluster_one_worker_per_node(ray_env, phantom_root, tmp_path):
+    import ray
+    from ray.cluster_utils import Cluster
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from monai_emma.engines import recipe
+    from monai_emma.pipeline import train_loop_per_worker
+
+    ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    try:
+        ray.init(address=cluster.address)
+        assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+        attempts = tmp_path / "attempts.jsonl"
+        config = {
+            "stage": "sensors",
+            "data": str(phantom_root),
+            "train_config": recipe("cpu", sensor_epochs=1, **SMALL).to_dict(),
+            "attempts_file": str(attempts),
+        }
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config=config,
+            scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
+            run_config=RunConfig(name="two-nodes", storage_path=str(tmp_path / "ray")),
+        )
+        result = trainer.fit()
+        assert result.checkpoint is not None and result.metrics["epoch"] == 1
+        nodes = {a["rank"]: a["node"] for a in _attempts(attempts)}
+        assert sorted(nodes) == [0, 1] and nodes[0] != nodes[1]  # one worker on each node
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def test_bad_data_is_refused_before_ray_starts(tmp_path, capsys):
+    from pipelines.train import main as pipeline_main
+
+    assert pipeline_main(["--data", str(tmp_path / "missing"), "--run-root", str(tmp_path / "r")]) == 2
+    assert "missing: no such data folder" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
