@@ -35,6 +35,7 @@ __all__ = [
     "run_pipeline",
     "train_loop_per_worker",
     "local_defaults",
+    "write_run_folder",
     "FAIL_ENV",
 ]
 
@@ -474,10 +475,30 @@ def run_pipeline(opts: PipelineOptions) -> PipelineResult:
         client.set_tag(parent_id, "emma.model_version", version)
         client.set_tag(parent_id, "emma.sensor_versions", json.dumps(sensor_versions))
         client.set_tag(parent_id, "emma.model_uri", model_uri)
+    write_run_folder(opts.run_root, opts.name, opts.data, cfg, checkpoints)
     client.set_terminated(parent_id, "FINISHED")
     return PipelineResult(
         parent_id, checkpoints, model_uri, version, sensor_versions, tracking_uri, time.perf_counter() - t0
     )
+
+
+def write_run_folder(run_root: str | os.PathLike, name: str, data: str, cfg, checkpoints: dict[str, str]) -> Path:
+    """Mirror a finished pipeline run as ``<run_root>/<name>/`` in the layout of ``monai-emma
+    train`` (``config.json``, ``split.json``, ``stage1_sensors/``, ``stage2_fuser/``), so the
+    same tools (e.g. ``scripts/ship_weights.py``) work on both."""
+    from monai_emma.data.pairs import find_pairs, split_pairs
+
+    folder = Path(run_root) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    train, val = split_pairs(find_pairs(data), cfg.val_fraction, cfg.seed)
+    (folder / "config.json").write_text(cfg.to_json())
+    split = {"data": str(data), "train": [p.id for p in train], "val": [p.id for p in val]}
+    (folder / "split.json").write_text(json.dumps(split, indent=1))
+    for stage, sub in (("sensors", "stage1_sensors"), ("fuser", "stage2_fuser")):
+        if stage in checkpoints:
+            with ray_checkpoint_dir(checkpoints[stage]) as d:
+                shutil.copytree(d, folder / sub, dirs_exist_ok=True)
+    return folder
 
 
 def _exists(path: str) -> bool:

@@ -106,6 +106,11 @@ def test_two_workers_both_stages_failure_resume_register_and_rerun(ray_env, phan
     assert result.model_version == str(version.version)
     assert len(client.search_runs([exp.experiment_id])) == 3
     assert len(_attempts(run_root / "t1-attempts.jsonl")) == len(attempts)
+    folder = run_root / "t1"  # mirrored in monai-emma train's layout
+    assert (folder / "stage2_fuser" / "ufuser.pt").is_file() and (
+        folder / "stage1_sensors" / "history_sensors.csv"
+    ).is_file()
+    assert json.loads((folder / "split.json").read_text())["val"]
 
 
 def test_two_node_cluster_one_worker_per_node(ray_env, phantom_root, tmp_path):
