@@ -17,6 +17,7 @@ _SUBMODULES = (
     "cli",
     "data",
     "engines",
+    "errors",
     "evaluation",
     "fuse2d",
     "fusion",

@@ -241,10 +241,9 @@ class BundleInference:
 
 def load_weights(network: torch.nn.Module, path: str | os.PathLike, map_location: str = "cpu") -> torch.nn.Module:
     """Load a state dict (or a training checkpoint holding ``"network"``) into ``network``; returns it."""
-    state = torch.load(path, map_location=map_location, weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("network"), dict):
-        state = state["network"]
-    network.load_state_dict(state)
+    from monai_emma.model_source import read_state_dict
+
+    network.load_state_dict(read_state_dict(path, map_location))
     return network
 
 

@@ -386,8 +386,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:  # never a bare traceback for users; --debug shows it
         if args.debug:
             raise
-        first = (str(err).strip().splitlines() or [""])[0][:200]
-        print(f"monai-emma: error: {type(err).__name__}: {first} (run with --debug for the traceback)", file=sys.stderr)
+        from monai_emma.errors import first_line
+
+        print(
+            f"monai-emma: error: {type(err).__name__}: {first_line(err, 200)} (run with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -6,21 +6,44 @@ and :func:`monai_emma.fusion.fuse_volumes`.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-__all__ = ["ModelSourceError", "resolve_fuser", "load_state_dict_file"]
+from monai_emma.errors import first_line
+
+__all__ = ["ModelSourceError", "resolve_fuser", "load_state_dict_file", "read_state_dict", "scoped_tracking_uri"]
 
 
 class ModelSourceError(ValueError):
     """A model could not be loaded; one line naming the source and the problem."""
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return (text[0] if text else type(err).__name__)[:160]
+def read_state_dict(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of a weights file: a plain state dict, or the one inside a training checkpoint
+    (``{"network": …}``, ``"fuser"``, ``"model"`` or ``"state_dict"``).
+
+    Raises:
+        ModelSourceError: missing file, not a PyTorch file, or no state dict inside.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelSourceError(f"{path}: no such weights file")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # pickle, zip and OS errors alike
+        raise ModelSourceError(f"{path}: not a PyTorch weights file ({first_line(err)})") from err
+    if isinstance(state, dict):
+        for key in ("network", "fuser", "model", "state_dict"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelSourceError(f"{path}: not a U-Fuser state dict")
+    return state
 
 
 def load_state_dict_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> torch.nn.Module:
@@ -29,27 +52,14 @@ def load_state_dict_file(path: str | os.PathLike, map_location: str | torch.devi
     from monai_emma.networks import UFuser
     from monai_emma.networks.official import is_official_ufuser_state
 
-    path = Path(path)
-    if not path.is_file():
-        raise ModelSourceError(f"{path}: no such weights file")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # pickle, zip and OS errors alike
-        raise ModelSourceError(f"{path}: not a PyTorch weights file ({_first_line(err)})") from err
-    if isinstance(state, dict):
-        for key in ("network", "fuser", "model", "state_dict"):
-            if isinstance(state.get(key), dict):
-                state = state[key]
-                break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelSourceError(f"{path}: not a U-Fuser state dict")
+    state = read_state_dict(path, map_location)
     try:
         if is_official_ufuser_state(state):
             return UFuser.from_official(state).eval()
         net = UFuser()
         net.load_state_dict(state)
     except Exception as err:
-        raise ModelSourceError(f"{path}: not a U-Fuser state dict ({_first_line(err)})") from err
+        raise ModelSourceError(f"{path}: not a U-Fuser state dict ({first_line(err)})") from err
     return net.eval()
 
 
@@ -62,17 +72,39 @@ def _from_bundle(bundle: Path, map_location) -> torch.nn.Module:
     return load_state_dict_file(model, map_location)
 
 
+@contextlib.contextmanager
+def scoped_tracking_uri(tracking_uri: str | None) -> Iterator[None]:
+    """Use ``tracking_uri`` inside the block only. ``mlflow.set_tracking_uri`` also sets the
+    ``MLFLOW_TRACKING_URI`` variable, which later MLflow users in the process (MONAI's
+    ``MLFlowHandler`` among them) prefer over their own arguments; both are restored."""
+    import mlflow
+
+    if not tracking_uri:
+        yield
+        return
+    previous_env = os.environ.get("MLFLOW_TRACKING_URI")
+    previous = mlflow.get_tracking_uri() if previous_env or mlflow.is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+        if previous_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous_env
+
+
 def _from_mlflow(uri: str, tracking_uri: str | None, map_location) -> torch.nn.Module:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
 
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-    try:
-        model = mlflow.pytorch.load_model(uri, map_location=map_location)
-    except Exception as err:
-        where = mlflow.get_tracking_uri()
-        raise ModelSourceError(f"{uri}: cannot load from MLflow at {where} ({_first_line(err)})") from err
+    with scoped_tracking_uri(tracking_uri):
+        try:
+            model = mlflow.pytorch.load_model(uri, map_location=map_location)
+        except Exception as err:
+            where = mlflow.get_tracking_uri()
+            raise ModelSourceError(f"{uri}: cannot load from MLflow at {where} ({first_line(err)})") from err
     if not callable(model):
         raise ModelSourceError(f"{uri}: the MLflow model is not a PyTorch module")
     return model.eval() if isinstance(model, torch.nn.Module) else model

@@ -248,8 +248,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if stage == "sensors":
         trainer, _ = sensor_trainer(train_pairs, val_pairs, cfg, out_dir, device, **kwargs)
     else:
-        sensors_ckpt = ray.train.Checkpoint(config["sensors_checkpoint"])
-        with sensors_ckpt.as_directory() as d:
+        with ray_checkpoint_dir(config["sensors_checkpoint"]) as d:
             sensors = load_sensor_bank(Path(d) / _STAGE_FILES["sensors"], map_location=device)
         trainer, _ = fuser_trainer(train_pairs, val_pairs, sensors, cfg, out_dir, device, **kwargs)
 
@@ -367,19 +366,11 @@ def _log_and_register(client, opts: PipelineOptions, parent_id: str, fuser_ckpt:
     return f"models:/{opts.model_name}/{version}", version, sensor_versions
 
 
-class ray_checkpoint_dir:  # noqa: N801 - used like a function
+def ray_checkpoint_dir(path: str):
     """``with ray_checkpoint_dir(path) as d``: a local folder with a (possibly remote) checkpoint's files."""
+    import ray.train
 
-    def __init__(self, path: str) -> None:
-        import ray.train
-
-        self._ctx = ray.train.Checkpoint(path).as_directory()
-
-    def __enter__(self) -> str:
-        return self._ctx.__enter__()
-
-    def __exit__(self, *exc) -> None:
-        self._ctx.__exit__(*exc)
+    return ray.train.Checkpoint(path).as_directory()
 
 
 def run_pipeline(opts: PipelineOptions) -> PipelineResult:

@@ -13,6 +13,7 @@ from PIL import Image
 
 from monai_emma.cli import main
 from monai_emma.io.volumes import read_volume
+from monai_emma.model_source import scoped_tracking_uri
 from monai_emma.networks import UFuser
 
 
@@ -176,19 +177,19 @@ def test_model_sources_agree(phantom_root, weights, tmp_path, monkeypatch):
     (bundle / "models").mkdir(parents=True)
     (bundle / "models" / "model.pt").write_bytes(weights.read_bytes())
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    exp = mlflow.create_experiment("fuse-test", artifact_location=(tmp_path / "artifacts").as_uri())
-    net = UFuser()
-    net.load_state_dict(torch.load(weights, weights_only=True))
-    with mlflow.start_run(experiment_id=exp):
-        info = mlflow.pytorch.log_model(
-            net,
-            name="ufuser",
-            serialization_format="pickle",
-            pip_requirements=["torch"],
-            registered_model_name="emma-t",
-        )
-    mlflow.MlflowClient().set_registered_model_alias("emma-t", "candidate", info.registered_model_version)
+    with scoped_tracking_uri(uri):  # no process-wide tracking URI left behind for later tests
+        exp = mlflow.create_experiment("fuse-test", artifact_location=(tmp_path / "artifacts").as_uri())
+        net = UFuser()
+        net.load_state_dict(torch.load(weights, weights_only=True))
+        with mlflow.start_run(experiment_id=exp):
+            info = mlflow.pytorch.log_model(
+                net,
+                name="ufuser",
+                serialization_format="pickle",
+                pip_requirements=["torch"],
+                registered_model_name="emma-t",
+            )
+    mlflow.MlflowClient(uri).set_registered_model_alias("emma-t", "candidate", info.registered_model_version)
     outs = {}
     for name, flags in {
         "weights": ["--weights", str(weights)],

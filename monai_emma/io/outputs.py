@@ -49,11 +49,8 @@ def colour_path(output: str | os.PathLike, fmt: str) -> Path:
     return out.with_name(f"{name}_colour{'.png' if fmt == 'png' else '.nii.gz'}")
 
 
-def preview_slices(result: FusionResult, count: int = 4) -> list[int]:
-    """Evenly spaced display-slice indices across the anatomical foreground (3D results)."""
-    from monai_emma.transforms.geometry import DisplayOrientation
-
-    stack = DisplayOrientation(result.anatomical.affine).to_display(result.anatomical_scaled)
+def preview_slices(stack: np.ndarray, count: int = 4) -> list[int]:
+    """Evenly spaced slice indices across the foreground of a (rows, columns, slices) stack."""
     profile = stack.reshape(-1, stack.shape[-1]).mean(axis=0)
     filled = np.flatnonzero(profile > 0.1 * profile.max()) if profile.max() > 0 else np.arange(stack.shape[-1])
     lo, hi = (int(filled[0]), int(filled[-1])) if filled.size else (0, stack.shape[-1] - 1)
@@ -85,7 +82,7 @@ def save_preview(result: FusionResult, path: str | os.PathLike, colour: np.ndarr
     views = [orient.to_display(v) for v in (result.anatomical_scaled, result.other_scaled, result.fused)]
     col = None if colour is None else np.stack([orient.to_display(colour[..., c]) for c in range(3)], -1)
     rows = []
-    for k in preview_slices(result):
+    for k in preview_slices(views[0]):
         row = [v[:, :, k] for v in views]
         if col is not None:
             row.append(col[:, :, k])

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from monai_emma.errors import first_line
+
 __all__ = ["Volume", "DicomSeries", "VolumeReadError", "read_volume", "list_dicom_series", "input_kind"]
 
 # MONAI 1.6 announces its optional nvImageCodec DICOM plugin on reader use; irrelevant here
@@ -44,6 +46,7 @@ class DicomSeries:
     files: list[Path]
     modality: str = ""
     description: str = ""
+    headers: list = field(default_factory=list, repr=False)  # pydicom datasets without pixels, per file
 
     def summary(self) -> str:
         desc = f" '{self.description}'" if self.description else ""
@@ -116,13 +119,6 @@ def _is_dicom_file(path: Path) -> bool:
         return False
 
 
-def _first_line(err: BaseException, limit: int = 160) -> str:
-    """The first meaningful line of an error message (MONAI embeds whole tracebacks in its text)."""
-    skip = ("Traceback", "File ", "The above exception", "During handling", "^", "~", "===")
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip() and not ln.strip().startswith(skip)]
-    return (lines[0] if lines else type(err).__name__)[:limit]
-
-
 def list_dicom_series(folder: str | os.PathLike) -> dict[str, DicomSeries]:
     """The DICOM series in a folder (not recursive), by SeriesInstanceUID, reading headers only.
 
@@ -137,33 +133,36 @@ def list_dicom_series(folder: str | os.PathLike) -> dict[str, DicomSeries]:
         if not pydicom.misc.is_dicom(path):
             continue
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except Exception:  # a damaged file: reported when it belongs to the chosen series
+            ds = _read_header(path)
+        except VolumeReadError:  # a damaged file: reported when it belongs to the chosen series
             continue
         uid = str(ds.get("SeriesInstanceUID", "") or "unknown")
         entry = series.setdefault(
             uid, DicomSeries(uid, [], str(ds.get("Modality", "")), str(ds.get("SeriesDescription", "")))
         )
         entry.files.append(path)
+        entry.headers.append(ds)
     if not series:
         raise VolumeReadError(f"{folder}: no DICOM files in this folder")
     return series
 
 
-def _check_series_headers(folder: Path, files: Sequence[Path]) -> list[Path]:
-    """Validate a series' geometry from its headers; returns the files in InstanceNumber order."""
+def _read_header(path: Path):
+    """A DICOM file's header (no pixels)."""
     import pydicom
 
+    try:
+        with warnings.catch_warnings():  # pydicom warns about each oddity of a damaged file
+            warnings.simplefilter("ignore")
+            return pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as err:
+        raise VolumeReadError(f"{path}: not a readable DICOM file ({first_line(err)})") from err
+
+
+def _check_series_headers(folder: Path, files: Sequence[Path], headers: Sequence) -> tuple[list[Path], list]:
+    """Validate a series' geometry from its headers; returns files and headers in InstanceNumber order."""
     rows = []
-    for path in files:
-        try:
-            with warnings.catch_warnings():  # pydicom warns about each oddity of a damaged file
-                warnings.simplefilter("ignore")
-                ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except Exception as err:
-            raise VolumeReadError(f"{path}: not a readable DICOM file ({_first_line(err)})") from err
+    for path, ds in zip(files, headers):
         missing = [t for t in ("ImagePositionPatient", "ImageOrientationPatient", "Rows", "Columns") if t not in ds]
         if missing:
             raise VolumeReadError(f"{path}: DICOM slice without {', '.join(missing)}; cannot place it in space")
@@ -191,7 +190,7 @@ def _check_series_headers(folder: Path, files: Sequence[Path]) -> list[Path]:
         if np.ptp(np.abs(steps)) > 0.01 * np.abs(steps).mean() + 1e-3:
             gaps = np.abs(steps)
             raise VolumeReadError(f"{folder}: unevenly spaced slices (gaps {gaps.min():.3g}-{gaps.max():.3g} mm)")
-    return [r[1] for r in rows]
+    return [r[1] for r in rows], [r[2] for r in rows]
 
 
 def _read_dicom(path: Path, series_uid: str | Sequence[str] | None) -> Volume:
@@ -211,13 +210,13 @@ def _read_dicom(path: Path, series_uid: str | Sequence[str] | None) -> Volume:
             raise VolumeReadError(f"{path}: no series {series_uid}; found {listing}")
         else:
             raise VolumeReadError(f"{path}: {len(series)} DICOM series here, choose one with --series-uid: {listing}")
-        files = _check_series_headers(path, chosen.files)
+        files, headers = _check_series_headers(path, chosen.files, chosen.headers)
         regex = "^(" + "|".join(re.escape(str(f)) for f in files) + ")$"
         source: Path | str = path if len(files) > 1 else files[0]
         reader = PydicomReader(fname_regex=regex)
         modality, uid = chosen.modality, chosen.uid
     else:
-        files = _check_series_headers(path.parent, [path])
+        files, headers = _check_series_headers(path.parent, [path], [_read_header(path)])
         source, reader = path, PydicomReader()
         modality, uid = "", ""
     try:
@@ -225,13 +224,11 @@ def _read_dicom(path: Path, series_uid: str | Sequence[str] | None) -> Volume:
             warnings.simplefilter("ignore")
             img = LoadImage(reader=reader, image_only=True, dtype=np.float32)(str(source))
     except Exception as err:
-        raise VolumeReadError(f"{path}: not a readable DICOM series ({_first_line(err)})") from err
+        raise VolumeReadError(f"{path}: not a readable DICOM series ({first_line(err)})") from err
     array = np.asarray(img, np.float32)
     affine = np.asarray(img.affine, np.float64)
     if array.ndim == 2:  # one slice: give it a thickness along the slice normal
-        import pydicom
-
-        ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+        ds = headers[0]
         modality = modality or str(ds.get("Modality", ""))
         uid = uid or str(ds.get("SeriesInstanceUID", ""))
         iop = np.asarray(ds.ImageOrientationPatient, float)
@@ -251,7 +248,7 @@ def _read_nifti(path: Path) -> Volume:
     try:
         img = LoadImage(reader="NibabelReader", image_only=True, dtype=np.float32)(str(path))
     except Exception as err:
-        raise VolumeReadError(f"{path}: not a readable NIfTI file ({_first_line(err)})") from err
+        raise VolumeReadError(f"{path}: not a readable NIfTI file ({first_line(err)})") from err
     array = np.asarray(img, np.float32)
     while array.ndim > 3 and array.shape[-1] == 1:
         array = array[..., 0]

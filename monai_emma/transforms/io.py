@@ -10,6 +10,8 @@ import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
+from monai_emma.errors import first_line
+
 __all__ = ["LoadPairedSliced", "SliceReadError"]
 
 # MONAI 1.6 announces its optional nvImageCodec DICOM plugin on every reader use; irrelevant here
@@ -48,8 +50,7 @@ class LoadPairedSliced(MapTransform):
             try:
                 arr = np.asarray(self.loader({key: path})[key], dtype=np.float32)
             except Exception as err:  # MONAI wraps reader errors with a long traceback text
-                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                raise SliceReadError(f"{path}: not a readable image ({first[:160]})") from err
+                raise SliceReadError(f"{path}: not a readable image ({first_line(err)})") from err
             if arr.ndim == 2:
                 arr = arr[None]
             elif arr.ndim == 3:
