@@ -71,8 +71,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             sensor_epochs=args.sensor_epochs,
             fuser_epochs=args.fuser_epochs,
+            sensor_lr=args.sensor_lr,
+            fuser_lr=args.fuser_lr,
             seed=args.seed,
             alpha=args.alpha,
+            prior_weight=args.prior_weight,
+            sensor_preset=args.sensors,
             fused_dir=args.fused_dir,
             stage1_rules=tuple(args.rules.split(",")) if args.rules else None,
             amp=args.amp or None,
@@ -299,8 +303,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--sensor-epochs", type=int)
     train.add_argument("--fuser-epochs", type=int)
     train.add_argument("--batch-size", type=int, help="batch size of both stages")
+    train.add_argument("--sensor-lr", type=float, help="stage-1 learning rate")
+    train.add_argument("--fuser-lr", type=float, help="stage-2 learning rate")
     train.add_argument("--seed", type=int)
     train.add_argument("--alpha", type=float, help="weight of the equivariance term (paper: 0.1)")
+    train.add_argument(
+        "--prior-weight", type=float, help="weight of the max-fidelity prior in stage 2 (not in the paper; 0: off)"
+    )
+    train.add_argument(
+        "--sensors",
+        choices=["lite", "paper", "identity"],
+        help="pseudo-sensor preset; identity skips stage 1 (the no-pseudo-sensing ablation)",
+    )
     train.add_argument("--rules", help="stage-1 fusion rules to mix, e.g. mean,max,laplacian")
     train.add_argument("--fused-dir", help="folder of fused images (any method) for stage 1 instead of rules")
     train.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")

@@ -84,7 +84,7 @@ class PipelineOptions:
         from monai_emma.engines import recipe
 
         name = self.recipe or ("paper" if self.use_gpu else "cpu")
-        return recipe(
+        cfg = recipe(
             name,
             epochs=self.epochs,
             sensor_epochs=self.sensor_epochs,
@@ -93,6 +93,12 @@ class PipelineOptions:
             seed=self.seed,
             **self.overrides,
         )
+        if cfg.sensor_preset == "identity":
+            raise ValueError(
+                "sensor_preset=identity (the no-pseudo-sensing ablation) has no stage 1 to distribute; "
+                "run it with `monai-emma train --sensors identity`"
+            )
+        return cfg
 
 
 @dataclass
@@ -389,6 +395,7 @@ def run_pipeline(opts: PipelineOptions) -> PipelineResult:
 
     t0 = time.perf_counter()
     find_pairs(opts.data)  # fail early, with a clear message, before anything starts
+    cfg = opts.train_config()
     storage_default, uri_default, artifacts_default = local_defaults(opts.run_root)
     storage = opts.storage_path or storage_default
     if "://" not in storage:
@@ -399,7 +406,6 @@ def run_pipeline(opts: PipelineOptions) -> PipelineResult:
     mlflow.set_tracking_uri(tracking_uri)
     client = mlflow.MlflowClient(tracking_uri)
     exp_id = _experiment(client, opts.experiment, artifacts_default if not opts.tracking_uri else None)
-    cfg = opts.train_config()
     parent_id = _find_or_create_run(client, exp_id, {"emma.pipeline": opts.name, "emma.role": "parent"}, opts.name)
     if "data" not in client.get_run(parent_id).data.params:
         client.log_param(parent_id, "data", opts.data)

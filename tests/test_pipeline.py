@@ -156,3 +156,12 @@ def test_bad_data_is_refused_before_ray_starts(tmp_path, capsys):
     assert pipeline_main(["--data", str(tmp_path / "missing"), "--run-root", str(tmp_path / "r")]) == 2
     assert "missing: no such data folder" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_identity_sensor_ablation_is_refused_before_ray_starts(phantom_root, tmp_path, capsys):
+    from pipelines.train import main as pipeline_main
+
+    argv = ["--data", str(phantom_root), "--run-root", str(tmp_path / "r"), "--override", "sensor_preset=identity"]
+    assert pipeline_main(argv) == 2
+    assert "monai-emma train --sensors identity" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -40,6 +40,7 @@ class TrainConfig:
     stage1_rules: tuple[str, ...] = ("mean", "max", "laplacian")
     fused_dir: str | None = None
     alpha: float = 0.1
+    prior_weight: float = 0.0  # MaxFidelityPrior weight in stage 2 (not in the paper)
     shifts: int = 3
     rotations: int = 3
     reflections: int = 3

@@ -20,7 +20,7 @@ from monai_emma.losses import EMMALoss
 from monai_emma.networks import PseudoSensor
 from monai_emma.transforms.equivariance import TransformGroup
 
-__all__ = ["SensorBank", "SensorStep", "FuserStep", "route", "step_seed"]
+__all__ = ["IDENTITY_SENSORS", "SensorBank", "SensorStep", "FuserStep", "route", "step_seed"]
 
 
 def step_seed(seed: int, iteration: int) -> int:
@@ -52,18 +52,27 @@ def route(modules: Mapping[str, nn.Module], x: torch.Tensor, modalities: Sequenc
     return out
 
 
+#: ``sensor_preset`` of the no-pseudo-sensing ablation.
+IDENTITY_SENSORS = "identity"
+
+
 class SensorBank(nn.Module):
     """One pseudo-sensor per modality name (``"mri"``, ``"ct"``, ``"pet"``, ...).
 
     Args:
         modalities: modality names.
-        preset: :class:`~monai_emma.networks.PseudoSensor` preset.
+        preset: :class:`~monai_emma.networks.PseudoSensor` preset, or ``"identity"``: every sensor
+            returns the fused image unchanged (the "without pseudo-sensing" ablation; nothing to train).
         **kwargs: further ``PseudoSensor`` arguments.
     """
 
     def __init__(self, modalities: Sequence[str], preset: str = "lite", **kwargs: Any) -> None:
         super().__init__()
-        self.sensors = nn.ModuleDict({m: PseudoSensor(preset=preset, **kwargs) for m in sorted(set(modalities))})
+        names = sorted(set(modalities))
+        if preset == IDENTITY_SENSORS:
+            self.sensors = nn.ModuleDict({m: nn.Identity() for m in names})
+        else:
+            self.sensors = nn.ModuleDict({m: PseudoSensor(preset=preset, **kwargs) for m in names})
 
     @property
     def modalities(self) -> list[str]:
@@ -177,7 +186,7 @@ class FuserStep:
             transformed = self.group(fused)
             g = transformed.shape[0] // fused.shape[0]
             refused = fuser(torch.cat([self.sensors(transformed, mod_a * g), self.sensors(transformed, mod_b * g)], 1))
-        parts = self.loss_fn.components(sensed_a, a, sensed_b, b, transformed, refused)
+        parts = self.loss_fn.components(sensed_a, a, sensed_b, b, transformed, refused, fused)
         parts["fused"] = fused
         return parts
 

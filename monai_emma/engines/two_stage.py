@@ -17,7 +17,7 @@ import torch
 
 from monai_emma.data.pairs import PairedPatchDataset, SlicePair, find_pairs, load_pair, split_pairs
 from monai_emma.engines.config import TrainConfig
-from monai_emma.engines.steps import FuserStep, SensorBank, SensorStep
+from monai_emma.engines.steps import IDENTITY_SENSORS, FuserStep, SensorBank, SensorStep
 from monai_emma.engines.trainer import StageResult, build_stage_trainer
 from monai_emma.losses import EMMALoss
 from monai_emma.networks import UFuser
@@ -248,7 +248,7 @@ def fuser_trainer(
     fuser = UFuser().to(device)
     sensors = sensors.to(device).freeze()
     group = TransformGroup(cfg.shifts, cfg.rotations, cfg.reflections)
-    step = FuserStep(sensors, EMMALoss(alpha=cfg.alpha), group, cfg.seed)
+    step = FuserStep(sensors, EMMALoss(alpha=cfg.alpha, prior_weight=cfg.prior_weight), group, cfg.seed)
     validate = _fuser_validator(validation_slices(val_pairs), sensors, device)
     return _stage_trainer(
         "fuser",
@@ -322,14 +322,19 @@ def run_training(
     )
     results: dict[str, StageResult] = {}
     sensors_path = out_dir / "stage1_sensors" / SENSORS_FILE
-    if resume and sensors_path.exists():
-        logger.info("stage 1 already finished: %s", sensors_path)
-        results["sensors"] = StageResult("sensors", sensors_path)
+    if cfg.sensor_preset == IDENTITY_SENSORS:
+        logger.info("identity sensors: no stage 1")
+        modalities = {p.a_modality for p in train_pairs} | {p.b_modality for p in train_pairs}
+        sensors = SensorBank(sorted(modalities), preset=IDENTITY_SENSORS)
     else:
-        results["sensors"] = train_sensors(
-            train_pairs, val_pairs, cfg, out_dir / "stage1_sensors", device, resume=resume, progress=progress
-        )
-    sensors = load_sensor_bank(results["sensors"].weights)
+        if resume and sensors_path.exists():
+            logger.info("stage 1 already finished: %s", sensors_path)
+            results["sensors"] = StageResult("sensors", sensors_path)
+        else:
+            results["sensors"] = train_sensors(
+                train_pairs, val_pairs, cfg, out_dir / "stage1_sensors", device, resume=resume, progress=progress
+            )
+        sensors = load_sensor_bank(results["sensors"].weights)
     fuser_path = out_dir / "stage2_fuser" / FUSER_FILE
     if resume and fuser_path.exists():
         logger.info("stage 2 already finished: %s", fuser_path)

@@ -1,4 +1,4 @@
-"""The stage-2 objective of EMMA: sensing plus α times equivariance."""
+"""The stage-2 objective of EMMA: sensing plus α times equivariance (plus an optional prior)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,13 @@ import torch
 from torch.nn.modules.loss import _Loss
 
 from monai_emma.losses.fusion import FusionLoss
+from monai_emma.losses.prior import MaxFidelityPrior
 
 __all__ = ["EMMALoss"]
 
 
 class EMMALoss(_Loss):
-    """``ℓ(A_a(f), a) + ℓ(A_b(f), b) + alpha * ℓ(f_t, F(A_a(f_t), A_b(f_t)))``.
+    """``ℓ(A_a(f), a) + ℓ(A_b(f), b) + alpha * ℓ(f_t, F(A_a(f_t), A_b(f_t))) [+ beta * prior(f; a, b)]``.
 
     The networks run in the training step; this module only combines their outputs, so it works
     with any sensors and any transformation group. ``ℓ`` is :class:`FusionLoss`.
@@ -20,16 +21,27 @@ class EMMALoss(_Loss):
         alpha: weight of the equivariance term (0.1 in the paper; 0 disables it).
         intensity_weight: ``ℓ``'s pixel term weight.
         gradient_weight: ``ℓ``'s gradient term weight.
+        prior_weight: weight ``beta`` of :class:`~monai_emma.losses.MaxFidelityPrior`, a term that is
+            not in the paper (0, the default, is EMMA's loss exactly).
 
     Shapes:
         ``sensed_a``, ``a``, ``sensed_b``, ``b``: (B, 1, H, W); ``transformed`` and ``refused``:
-        (G * B, 1, H, W) for a group of G elements (identity included).
+        (G * B, 1, H, W) for a group of G elements (identity included); ``fused`` (B, 1, H, W), needed
+        only with a prior.
     """
 
-    def __init__(self, alpha: float = 0.1, intensity_weight: float = 1.0, gradient_weight: float = 1.0) -> None:
+    def __init__(
+        self,
+        alpha: float = 0.1,
+        intensity_weight: float = 1.0,
+        gradient_weight: float = 1.0,
+        prior_weight: float = 0.0,
+    ) -> None:
         super().__init__()
         self.alpha = alpha
+        self.prior_weight = prior_weight
         self.fusion_loss = FusionLoss(intensity_weight, gradient_weight)
+        self.prior = MaxFidelityPrior()
 
     def components(
         self,
@@ -39,15 +51,21 @@ class EMMALoss(_Loss):
         b: torch.Tensor,
         transformed: torch.Tensor | None = None,
         refused: torch.Tensor | None = None,
+        fused: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """The three terms and their weighted total, as a dict (``sense_a``, ``sense_b``,
-        ``equivariance``, ``total``)."""
+        """The terms and their weighted total, as a dict (``sense_a``, ``sense_b``,
+        ``equivariance``, ``total``, and ``prior`` when ``prior_weight`` is set)."""
         out = {"sense_a": self.fusion_loss(sensed_a, a), "sense_b": self.fusion_loss(sensed_b, b)}
         if self.alpha and transformed is not None and refused is not None:
             out["equivariance"] = self.fusion_loss(refused, transformed)
         else:
             out["equivariance"] = torch.zeros((), device=a.device, dtype=a.dtype)
         out["total"] = out["sense_a"] + out["sense_b"] + self.alpha * out["equivariance"]
+        if self.prior_weight:
+            if fused is None:
+                raise ValueError("EMMALoss with a prior needs the fused image.")
+            out["prior"] = self.prior(fused, a, b)
+            out["total"] = out["total"] + self.prior_weight * out["prior"]
         return out
 
     def forward(
@@ -58,5 +76,6 @@ class EMMALoss(_Loss):
         b: torch.Tensor,
         transformed: torch.Tensor | None = None,
         refused: torch.Tensor | None = None,
+        fused: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return self.components(sensed_a, a, sensed_b, b, transformed, refused)["total"]
+        return self.components(sensed_a, a, sensed_b, b, transformed, refused, fused)["total"]

@@ -131,3 +131,16 @@ def test_two_stage_run_lowers_the_loss_and_writes_weights(phantom_root, tmp_path
     # a second call finds both stages finished and trains nothing
     again = run_training(phantom_root, out, cfg, progress=False)
     assert again["fuser"].history == [] and again["fuser"].weights == results["fuser"].weights
+
+
+def test_identity_sensors_skip_stage_one_and_train_the_fuser(phantom_root, tmp_path):
+    bank = SensorBank(["mri", "ct"], preset="identity")
+    x = torch.rand(3, 1, 8, 8)
+    assert torch.equal(bank(x, ["mri", "ct", "mri"]), x) and not list(bank.parameters())
+    cfg = tiny_config(epochs=2, sensor_preset="identity", prior_weight=0.5)
+    out = tmp_path / "identity"
+    results = run_training(phantom_root, out, cfg, progress=False)
+    assert "sensors" not in results and not (out / "stage1_sensors").exists()
+    hist = results["fuser"].history
+    assert len(hist) == 2 and "train_prior" in hist[0] and hist[0]["train_prior"] > 0
+    assert results["fuser"].weights.exists()

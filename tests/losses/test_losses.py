@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from monai_emma.losses import EMMALoss, FusionLoss, sobel_gradients
+from monai_emma.losses import EMMALoss, FusionLoss, MaxFidelityPrior, sobel_gradients
 
 
 def test_fusion_loss_zero_for_equal_positive_otherwise():
@@ -39,3 +39,35 @@ def test_emma_loss_components():
     assert parts["equivariance"].item() == pytest.approx(0.1, rel=1e-4)
     assert parts["total"].item() == pytest.approx(0.2 + 0.5 * 0.1, rel=1e-4)
     assert EMMALoss(alpha=0.0)(a, a, b, b, t, t + 1) == 0
+
+
+def test_max_fidelity_prior_targets_the_brighter_source_and_stronger_edge():
+    a = torch.zeros(1, 1, 16, 16)
+    a[..., :, 8:] = 1.0  # a vertical edge
+    b = torch.full((1, 1, 16, 16), 0.25)  # flat
+    prior = MaxFidelityPrior()
+    fused_max = torch.maximum(a, b)  # the brighter source everywhere, edge 0.75 high instead of 1
+    fused_mean = (a + b) / 2  # half of a's edge, and dimmer than the brighter source everywhere
+    assert prior(fused_max, a, b) < prior(a, a, b)  # a alone is too dark where b is brighter
+    assert prior(fused_max, a, b) < prior(fused_mean, a, b)
+    # intensity term alone: exactly zero at max(a, b), and L1 to it otherwise
+    intensity_only = MaxFidelityPrior(gradient_weight=0.0)
+    assert intensity_only(fused_max, a, b) == 0
+    assert intensity_only(fused_mean, a, b).item() == pytest.approx(float((fused_max - fused_mean).abs().mean()))
+    with pytest.raises(ValueError, match="shapes differ"):
+        prior(a, a, b[..., :8])
+
+
+def test_emma_loss_adds_the_prior_only_when_weighted():
+    a, b = torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16)
+    fused = torch.rand(2, 1, 16, 16, requires_grad=True)
+    plain = EMMALoss(alpha=0.0).components(a, a, b, b, fused=fused)
+    assert "prior" not in plain and plain["total"] == 0
+    parts = EMMALoss(alpha=0.0, prior_weight=0.5).components(a, a, b, b, fused=fused)
+    expected = MaxFidelityPrior()(fused, a, b)
+    assert parts["prior"].item() == pytest.approx(expected.item())
+    assert parts["total"].item() == pytest.approx(0.5 * expected.item())
+    parts["total"].backward()
+    assert fused.grad is not None and fused.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="needs the fused image"):
+        EMMALoss(prior_weight=1.0).components(a, a, b, b)
