@@ -3,7 +3,9 @@
     python scripts/ship_weights.py RUN_DIR [--name default] [--command "monai-emma train ..."]
 
 Writes ``emma_ufuser_<name>.pt``, ``emma_sensors_<name>.pt`` and updates ``weights.json`` with
-the data split, recipe, epochs, wall time, hardware, seed and the first/last losses.
+the data split, recipe, epochs, wall time, hardware, seed and the first/last losses; for the
+``default`` set (the bundle's ``models/``) it also writes the summary into the bundle's
+``metadata.json`` (``shipped_weights``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="default")
     parser.add_argument("--command", default="", help="the command that produced the run (recorded)")
     parser.add_argument("--notes", default="")
+    parser.add_argument("--hardware", help="what trained it (default: this machine's processor, CPU only)")
+    parser.add_argument("--registry", help="where the run registered its models, e.g. models:/emma-ufuser/1")
     args = parser.parse_args(argv)
     run = args.run_dir
     cfg = json.loads((run / "config.json").read_text())
@@ -62,12 +66,34 @@ def main(argv: list[str] | None = None) -> int:
         "recipe": cfg["recipe"],
         "config": cfg,
         "stages": stages,
-        "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, CPU only",
+        "hardware": args.hardware or f"{platform.processor() or platform.machine()}, CPU only",
+        "registry": args.registry or "",
         "torch": torch.__version__,
         "command": args.command,
         "notes": args.notes,
     }
     info_path.write_text(json.dumps(record, indent=2) + "\n")
+    if args.name == "default":  # the bundle's models/ link to the default set: record it in metadata.json too
+        meta_path = ROOT / "bundles" / "emma" / "configs" / "metadata.json"
+        meta = json.loads(meta_path.read_text())
+        meta["shipped_weights"] = {
+            "data": split["data"],
+            "train_pairs": len(split["train"]),
+            "val_pairs": len(split["val"]),
+            "recipe": cfg["recipe"],
+            "sensor_epochs": stages["sensors"]["epochs"],
+            "fuser_epochs": stages["fuser"]["epochs"],
+            "fuser_lr": cfg["fuser"]["lr"],
+            "alpha": cfg["alpha"],
+            "prior_weight": cfg.get("prior_weight", 0.0),
+            "seed": cfg["seed"],
+            "wall_minutes": {k: v["wall_minutes"] for k, v in stages.items()},
+            "hardware": record["sets"][args.name]["hardware"],
+            "command": args.command,
+            "registry": args.registry or "",
+            "record": "monai_emma/weights/weights.json",
+        }
+        meta_path.write_text(json.dumps(meta, indent=4, ensure_ascii=False) + "\n")
     print(f"shipped {args.name}: {[str(dest / f) for f in files.values()]}")
     return 0
 
