@@ -148,6 +148,9 @@ class _RayEpochReport:
         if self.rank == ray.train.get_context().get_world_size() - 1 and not self.marker.exists():
             self.marker.parent.mkdir(parents=True, exist_ok=True)
             self.marker.write_text(f"failed once at {self.stage} epoch {self.fail_at}\n")
+            # a real crash comes mid-epoch: give the controller time to register the previous
+            # epoch's checkpoint first (raising at once races with that registration)
+            time.sleep(5)
             raise RuntimeError(f"injected failure ({FAIL_ENV}) at {self.stage} epoch {self.fail_at}")
 
     def report(self, engine: Any) -> None:
