@@ -82,6 +82,7 @@ class PipelineOptions:
 
     def train_config(self):
         from monai_emma.engines import recipe
+        from monai_emma.engines.steps import IDENTITY_SENSORS
 
         name = self.recipe or ("paper" if self.use_gpu else "cpu")
         cfg = recipe(
@@ -93,7 +94,7 @@ class PipelineOptions:
             seed=self.seed,
             **self.overrides,
         )
-        if cfg.sensor_preset == "identity":
+        if cfg.sensor_preset == IDENTITY_SENSORS:
             raise ValueError(
                 "sensor_preset=identity (the no-pseudo-sensing ablation) has no stage 1 to distribute; "
                 "run it with `monai-emma train --sensors identity`"

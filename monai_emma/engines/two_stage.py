@@ -193,6 +193,11 @@ def _stage_trainer(
     )
 
 
+def _modalities(pairs: Sequence[SlicePair]) -> list[str]:
+    """The modality names of a set of pairs (one pseudo-sensor each)."""
+    return sorted({p.a_modality for p in pairs} | {p.b_modality for p in pairs})
+
+
 def sensor_trainer(
     train_pairs: Sequence[SlicePair],
     val_pairs: Sequence[SlicePair],
@@ -212,7 +217,7 @@ def sensor_trainer(
         ``(trainer, epoch_end)`` as :func:`~monai_emma.engines.trainer.build_stage_trainer`.
     """
     device = torch.device(device)
-    modalities = sorted({p.a_modality for p in train_pairs} | {p.b_modality for p in train_pairs})
+    modalities = _modalities(train_pairs)
     torch.manual_seed(cfg.seed)
     bank = SensorBank(modalities, preset=cfg.sensor_preset).to(device)
     validate = _sensor_validator(validation_slices(val_pairs), device)
@@ -324,8 +329,7 @@ def run_training(
     sensors_path = out_dir / "stage1_sensors" / SENSORS_FILE
     if cfg.sensor_preset == IDENTITY_SENSORS:
         logger.info("identity sensors: no stage 1")
-        modalities = {p.a_modality for p in train_pairs} | {p.b_modality for p in train_pairs}
-        sensors = SensorBank(sorted(modalities), preset=IDENTITY_SENSORS)
+        sensors = SensorBank(_modalities(train_pairs), preset=IDENTITY_SENSORS)
     else:
         if resume and sensors_path.exists():
             logger.info("stage 1 already finished: %s", sensors_path)
