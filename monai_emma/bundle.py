@@ -175,6 +175,7 @@ class BundleInference:
         colormap: colour map of the PET/SPECT renderings (``None``: none).
         stretch: min-max stretch each fused slice (the papers' protocol).
         progress: progress bars.
+        zero_empty: the fused image is 0 where both inputs are (no halo in empty background).
     """
 
     def __init__(
@@ -188,8 +189,10 @@ class BundleInference:
         colormap: str | None = "jet",
         stretch: bool = False,
         progress: bool = True,
+        zero_empty: bool = True,
     ) -> None:
         self.network, self.dataset_dir, self.output_dir = network, dataset_dir, Path(output_dir)
+        self.zero_empty = zero_empty
         self.device, self.batch_size, self.amp = torch.device(device), batch_size, amp
         self.colormap, self.stretch, self.progress = colormap, stretch, progress
 
@@ -215,6 +218,7 @@ class BundleInference:
                     batch_size=self.batch_size,
                     amp=self.amp,
                     stretch=self.stretch,
+                    zero_empty=self.zero_empty,
                 )
                 colour = self.colormap if job.modality in ("pet", "spect") else None
                 files = write_fusion(
@@ -226,7 +230,9 @@ class BundleInference:
                 )
             else:
                 net, dev = self.network, self.device
-                res = fuse_images(job.anatomical, job.other, model=net, device=dev, stretch=self.stretch)
+                res = fuse_images(
+                    job.anatomical, job.other, model=net, device=dev, stretch=self.stretch, zero_empty=self.zero_empty
+                )
                 files = write_fusion(res, self.output_dir / f"{job.name}.png", overwrite=True)
                 rows = previews.setdefault(job.name.split("/")[0], [])
                 if len(rows) < 4:
@@ -247,9 +253,11 @@ def load_weights(network: torch.nn.Module, path: str | os.PathLike, map_location
     return network
 
 
-def training_root(dataset_dir: str | None, output_dir: str, pairs_per_modality: int = 8) -> str:
-    """``dataset_dir`` when given; otherwise a small Harvard-style set of 2D phantom pairs
-    (MRI-CT, MRI-PET, MRI-SPECT) written once to ``<output_dir>/sample_pairs``."""
+def training_root(dataset_dir: str | list[str] | None, output_dir: str, pairs_per_modality: int = 8) -> str | list[str]:
+    """``dataset_dir`` (one root, or a list of roots) when given; otherwise a small Harvard-style
+    set of 2D phantom pairs (MRI-CT, MRI-PET, MRI-SPECT) written once to ``<output_dir>/sample_pairs``."""
+    if isinstance(dataset_dir, list | tuple):
+        return [str(d) for d in dataset_dir]
     if dataset_dir:
         return str(dataset_dir)
     from monai_emma.data.phantom import write_phantom_pairs
@@ -260,9 +268,15 @@ def training_root(dataset_dir: str | None, output_dir: str, pairs_per_modality: 
     return str(root)
 
 
+def _is_main_rank() -> bool:
+    """True outside distributed runs, and on rank 0 inside them."""
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
 def stage_trainer(
     stage: str,
-    dataset_dir: str,
+    dataset_dir: str | list[str],
     ckpt_dir: str,
     recipe: str = "cpu",
     epochs: int | None = None,
@@ -280,11 +294,12 @@ def stage_trainer(
     Stage ``"sensors"`` writes ``<ckpt_dir>/sensors.pt``; stage ``"fuser"`` reads it and writes
     ``<ckpt_dir>/model.pt`` (the U-Fuser state dict, the bundle's model file). Both checkpoint every
     epoch under ``<ckpt_dir>/<stage>/`` and resume from there; validation computes fusion losses
-    and metrics and keeps the best weights. The data split is the engine's (seeded).
+    and metrics and keeps the best weights. The data split is the engine's (seeded); ``split.json``
+    (every root, the validation ids) and ``config_<stage>.json`` in ``ckpt_dir`` record the run.
 
     Args:
         stage: ``"sensors"`` or ``"fuser"``.
-        dataset_dir: Harvard- or IVF-style root of 2D pairs.
+        dataset_dir: Harvard- or IVF-style root of 2D pairs, or a list of roots trained together.
         ckpt_dir: where weights and checkpoints go.
         recipe: ``"cpu"`` or ``"paper"``.
         epochs, batch_size, seed: recipe overrides (``None``: the recipe's).
@@ -297,7 +312,7 @@ def stage_trainer(
     """
     import shutil
 
-    from monai_emma.data.pairs import find_pairs, split_pairs
+    from monai_emma.data.pairs import find_pairs, split_pairs, split_record
     from monai_emma.engines import fuser_trainer, load_sensor_bank, sensor_trainer
     from monai_emma.engines import recipe as make_recipe
     from monai_emma.engines.two_stage import FUSER_FILE, SENSORS_FILE
@@ -309,6 +324,10 @@ def stage_trainer(
     pairs = find_pairs(dataset_dir)
     train_pairs, val_pairs = split_pairs(pairs, cfg.val_fraction, cfg.seed)
     ckpt = Path(ckpt_dir)
+    if _is_main_rank():
+        ckpt.mkdir(parents=True, exist_ok=True)  # the run record, as monai-emma train writes it
+        (ckpt / f"config_{stage}.json").write_text(cfg.to_json())
+        (ckpt / "split.json").write_text(json.dumps(split_record(dataset_dir, train_pairs, val_pairs), indent=1))
     kwargs = dict(resume=resume, progress=progress, extra_handlers=list(handlers or []), distributed=distributed)
     device = torch.device(device)
     if stage == "sensors":
@@ -326,10 +345,7 @@ def stage_trainer(
 
     @trainer.on(Events.COMPLETED)
     def _publish(_engine) -> None:
-        main_rank = not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
-            torch.distributed.get_rank() == 0
-        )
-        if main_rank and final.is_file():
+        if _is_main_rank() and final.is_file():
             shutil.copyfile(final, target)
 
     return trainer

@@ -14,6 +14,9 @@ from pathlib import Path
 __all__ = ["main", "CLIError"]
 
 
+ZERO_EMPTY_HELP = "keep the network's output where every source is zero (default: zero there, no halo)"
+
+
 class CLIError(Exception):
     """A user-facing error: printed as one line, exit code 2."""
 
@@ -59,30 +62,38 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from monai_emma.data.pairs import PairDataError
     from monai_emma.engines import recipe, run_training
+    from monai_emma.engines.config import parse_overrides
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("ignite.engine.engine.SupervisedTrainer", "monai.data.nvimgcodec_pydicom_plugin"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     name = args.recipe or ("paper" if args.device.startswith("cuda") else "cpu")
+    settings = dict(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        sensor_epochs=args.sensor_epochs,
+        fuser_epochs=args.fuser_epochs,
+        sensor_lr=args.sensor_lr,
+        fuser_lr=args.fuser_lr,
+        seed=args.seed,
+        alpha=args.alpha,
+        prior_weight=args.prior_weight,
+        sensor_preset=args.sensors,
+        fused_dir=args.fused_dir,
+        stage1_rules=tuple(args.rules.split(",")) if args.rules else None,
+        amp=args.amp or None,
+    )
     try:
-        cfg = recipe(
-            name,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            sensor_epochs=args.sensor_epochs,
-            fuser_epochs=args.fuser_epochs,
-            sensor_lr=args.sensor_lr,
-            fuser_lr=args.fuser_lr,
-            seed=args.seed,
-            alpha=args.alpha,
-            prior_weight=args.prior_weight,
-            sensor_preset=args.sensors,
-            fused_dir=args.fused_dir,
-            stage1_rules=tuple(args.rules.split(",")) if args.rules else None,
-            amp=args.amp or None,
-        )
-        if args.device.startswith("cuda") and not torch.cuda.is_available():
-            raise CLIError(f"--device {args.device}: CUDA is not available on this machine")
+        for key, value in parse_overrides(args.override).items():
+            if settings.get(key) is not None:
+                raise ValueError(f"--override {key}: set twice (also by its own flag)")
+            settings[key] = value
+        cfg = recipe(name, **settings)
+    except (ValueError, TypeError) as err:
+        raise CLIError(f"training settings: {err}") from err
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise CLIError(f"--device {args.device}: CUDA is not available on this machine")
+    try:
         results = run_training(args.data, args.output, cfg, device=args.device, resume=not args.restart)
     except PairDataError as err:
         raise CLIError(str(err)) from err
@@ -95,13 +106,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from monai_emma.data.pairs import PairDataError
-    from monai_emma.evaluation import evaluate
+    from monai_emma.evaluation import evaluate, split_ids
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     try:
         result = evaluate(
             args.root,
             methods,
+            ids=split_ids(args.split) if args.split else None,
+            zero_empty=not args.no_zero_empty,
             weights=args.weights,
             output=args.output,
             grid_pairs=args.grid_pairs,
@@ -135,7 +148,7 @@ def _cmd_fuse_folder(args: argparse.Namespace) -> int:
     if missing:
         print(f"note: {len(missing)} file(s) without a partner skipped: {', '.join(missing[:5])}", file=sys.stderr)
     net, _ = _load_model(args)
-    fuse = network_fuser(net, args.device)
+    fuse = network_fuser(net, args.device, zero_empty=not args.no_zero_empty)
     out_dir.mkdir(parents=True, exist_ok=True)
     existing = [s for s in stems if (out_dir / f"{s}.png").exists()]
     if existing and not args.overwrite:
@@ -226,10 +239,18 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
                 amp=args.amp,
                 stretch=args.stretch,
                 progress=not args.quiet,
+                zero_empty=not args.no_zero_empty,
             )
         else:
             result = fuse_images(
-                a, b, model=net, modality=args.modality, device=args.device, stretch=args.stretch, resize=args.resize
+                a,
+                b,
+                model=net,
+                modality=args.modality,
+                device=args.device,
+                stretch=args.stretch,
+                resize=args.resize,
+                zero_empty=not args.no_zero_empty,
             )
         files = write_fusion(
             result, out, fmt=fmt, colormap=args.colormap, preview=args.preview, overwrite=args.overwrite
@@ -271,11 +292,15 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--weights", help="U-Fuser state dict or checkpoint (default: the shipped weights)")
+    src.add_argument(
+        "--weights",
+        help="U-Fuser state dict or checkpoint, or a shipped set by name (v1, v2; default: the shipped default)",
+    )
     src.add_argument("--bundle", help="EMMA MONAI bundle folder (uses models/model.pt)")
     src.add_argument("--model-uri", help="MLflow model URI, e.g. models:/emma-ufuser@candidate")
     p.add_argument("--tracking-uri", help="MLflow tracking URI for --model-uri (default: MLFLOW_TRACKING_URI)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--no-zero-empty", action="store_true", help=ZERO_EMPTY_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -295,7 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
 
     train = sub.add_parser("train", help="train both EMMA stages (pseudo-sensors, then the U-Fuser) in-process")
-    train.add_argument("--data", required=True, help="Harvard-style (<PAIR>/<MOD>/n.png) or IVF-style root")
+    train.add_argument(
+        "--data",
+        required=True,
+        action="append",
+        help="Harvard-style (<PAIR>/<MOD>/n.png) or IVF-style root; repeat to train on several roots",
+    )
     train.add_argument("--output", default="emma-runs/train", help="run folder (checkpoints, weights, history)")
     train.add_argument("--recipe", choices=["cpu", "paper"], help="default: paper on CUDA, cpu otherwise")
     train.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
@@ -317,18 +347,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--rules", help="stage-1 fusion rules to mix, e.g. mean,max,laplacian")
     train.add_argument("--fused-dir", help="folder of fused images (any method) for stage 1 instead of rules")
+    train.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any training setting, e.g. fuser_patch_size=96, fuser_schedule=cosine, prior_gradient_weight=4",
+    )
     train.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     train.add_argument("--restart", action="store_true", help="ignore existing checkpoints in --output")
     train.set_defaults(func=_cmd_train)
 
     ev = sub.add_parser("evaluate", help="fuse a paired dataset with EMMA and classical rules; score and report")
-    ev.add_argument("root", help="Harvard-style or IVF-style folder of pairs")
+    ev.add_argument("root", nargs="+", help="Harvard-style or IVF-style folder(s) of pairs")
+    ev.add_argument(
+        "--split",
+        metavar="SPLIT_JSON",
+        help="score only the validation pairs of a training run (its split.json; give the run's data roots)",
+    )
     ev.add_argument("--methods", default="emma,mean,max,laplacian,wavelet", help="comma-separated methods")
     ev.add_argument("--weights", help="U-Fuser state dict for emma (default: the shipped weights)")
     ev.add_argument("--output", default="emma-eval", help="report folder (default: emma-eval)")
     ev.add_argument("--grid-pairs", type=int, default=4, help="pairs in the comparison grid")
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--mlflow-uri", help="also log the tables and grid to this MLflow tracking URI")
+    ev.add_argument("--no-zero-empty", action="store_true", help=ZERO_EMPTY_HELP)
     ev.set_defaults(func=_cmd_evaluate)
 
     fu = sub.add_parser(

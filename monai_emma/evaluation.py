@@ -18,11 +18,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from monai_emma.data.pairs import SlicePair, find_pairs, read_image
+from monai_emma.data.pairs import SlicePair, data_roots, find_pairs, read_image
 from monai_emma.fuse2d import fuse_slice_pair, network_fuser
 from monai_emma.metrics import METRIC_NAMES, fusion_metrics, read_gray
 
-__all__ = ["METHODS", "EvaluationResult", "evaluate", "grey_of", "classical_fusion_gray"]
+__all__ = [
+    "METHODS",
+    "EvaluationResult",
+    "evaluate",
+    "select_pairs",
+    "split_ids",
+    "grey_of",
+    "classical_fusion_gray",
+]
 
 METHODS = ("emma", "mean", "max", "laplacian", "wavelet")
 
@@ -62,17 +70,30 @@ class EvaluationResult:
     files: dict[str, Path] = field(default_factory=dict)
 
 
+def _groups(row: dict) -> list[str]:
+    """The summary groups a row belongs to: its pair type, ``ALL``, and with several roots also
+    ``<source>/<pair type>`` and ``<source>``."""
+    groups = [row["pair"], "ALL"]
+    if row.get("source"):
+        groups += [f"{row['source']}/{row['pair']}", row["source"]]
+    return groups
+
+
 def _summarise(rows: list[dict], methods: Sequence[str]) -> dict:
     out: dict[str, dict[str, dict[str, tuple[float, float]]]] = {}
-    groups = sorted({r["pair"] for r in rows}) + ["ALL"]
-    for g in groups:
-        out[g] = {}
+    pair_types = sorted({r["pair"] for r in rows})
+    sources = sorted({r["source"] for r in rows if r.get("source")})
+    by_source = [f"{s}/{p}" for s in sources for p in pair_types] + sources
+    for g in pair_types + ["ALL"] + by_source:
+        scores = {}
         for m in methods:
-            sel = [r for r in rows if r["method"] == m and (g == "ALL" or r["pair"] == g)]
+            sel = [r for r in rows if r["method"] == m and g in _groups(r)]
             if sel:
-                out[g][m] = {
+                scores[m] = {
                     k: (float(np.mean([r[k] for r in sel])), float(np.std([r[k] for r in sel]))) for k in METRIC_NAMES
                 }
+        if scores:  # e.g. a root without MRI-PET pairs has no "<root>/MRI_PET" group
+            out[g] = scores
     return out
 
 
@@ -115,8 +136,44 @@ def _print_table(summary: dict, methods: Sequence[str]) -> None:
                 print(f"{m:<10}" + "".join(cells))
 
 
+def select_pairs(pairs: Sequence[SlicePair], ids: Sequence[str]) -> list[SlicePair]:
+    """The pairs whose ids are listed, in the order found.
+
+    Raises:
+        PairDataError: an id matches no pair (naming up to five of them).
+    """
+    from monai_emma.data.pairs import PairDataError
+
+    wanted = set(ids)
+    missing = sorted(wanted - {p.id for p in pairs})
+    if missing:
+        raise PairDataError(
+            f"{len(missing)} listed pair(s) not found under the given data roots: {', '.join(missing[:5])} "
+            "(give the same roots, in the same order, as the training run)"
+        )
+    return [p for p in pairs if p.id in wanted]
+
+
+def split_ids(split_file: str | os.PathLike, part: str = "val") -> list[str]:
+    """The ``part`` ids (``val`` or ``train``) of a run's ``split.json``.
+
+    Raises:
+        PairDataError: the file is missing or is not a split record.
+    """
+    from monai_emma.data.pairs import PairDataError
+
+    path = Path(split_file)
+    try:
+        record = json.loads(path.read_text())
+        return list(record[part])
+    except FileNotFoundError as err:
+        raise PairDataError(f"{path}: no such split file") from err
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise PairDataError(f"{path}: not a split record (expected JSON with a {part!r} list of pair ids)") from err
+
+
 def evaluate(
-    root: str | os.PathLike,
+    root: str | os.PathLike | Sequence[str | os.PathLike],
     methods: Sequence[str] = METHODS,
     weights: str | os.PathLike | None = None,
     output: str | os.PathLike | None = "emma-eval",
@@ -125,17 +182,22 @@ def evaluate(
     progress: bool = True,
     net: torch.nn.Module | None = None,
     mlflow_uri: str | None = None,
+    ids: Sequence[str] | None = None,
+    zero_empty: bool = True,
 ) -> EvaluationResult:
     """Fuse every pair under ``root`` with each method, score it, and write reports to ``output``.
 
     Args:
-        root: Harvard- or IVF-style folder (see :func:`monai_emma.data.pairs.find_pairs`).
+        root: Harvard- or IVF-style folder, or several (see :func:`monai_emma.data.pairs.find_pairs`);
+            with several, the summary also has one group per root and per root and pair type.
         methods: any of ``emma``, ``mean``, ``max``, ``laplacian``, ``wavelet``.
-        weights: U-Fuser state dict for ``emma`` (default: the package's shipped weights).
+        weights: U-Fuser state dict for ``emma``, or a shipped set by name (default: the shipped default).
         output: folder for ``metrics.csv``, ``summary.json``, ``summary.md``, ``grid.png`` (None: no files).
         grid_pairs: pairs shown in the comparison grid.
         net: a U-Fuser to use instead of ``weights``.
         mlflow_uri: log the summary and files to this MLflow tracking URI.
+        ids: score only these pair ids (e.g. a run's validation pairs, :func:`split_ids`).
+        zero_empty: EMMA's output is 0 where both sources are (as ``fuse-folder`` writes it).
     """
     from tqdm.auto import tqdm
 
@@ -143,14 +205,15 @@ def evaluate(
     if unknown:
         raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS)}")
     pairs: list[SlicePair] = find_pairs(root)
+    if ids is not None:
+        pairs = select_pairs(pairs, ids)
     emma = None
     if "emma" in methods:
         if net is None:
-            from monai_emma.networks import UFuser
-            from monai_emma.weights import load_ufuser_file
+            from monai_emma.model_source import resolve_fuser
 
-            net = UFuser.pretrained() if weights is None else load_ufuser_file(weights)
-        emma = network_fuser(net, device)
+            net, _ = resolve_fuser(weights=weights)
+        emma = network_fuser(net, device, zero_empty=zero_empty)
     result = EvaluationResult()
     grid_rows = []
     for i, pair in enumerate(tqdm(pairs, desc="evaluate", disable=not progress)):
@@ -166,7 +229,7 @@ def evaluate(
                 fused_gray = classical_fusion_gray(m, a_gray, b_gray)
                 images[m] = fused_gray.astype(np.uint8)
             scores = fusion_metrics(fused_gray, a_gray, b_gray)
-            result.rows.append({"pair": pair.pair, "id": pair.id, "method": m, **scores})
+            result.rows.append({"pair": pair.pair, "source": pair.source, "id": pair.id, "method": m, **scores})
         if i % max(1, len(pairs) // max(grid_pairs, 1)) == 0 and len(grid_rows) < grid_pairs:
             b_show = np.moveaxis(b_img, 0, -1).astype(np.uint8) if b_img.shape[0] == 3 else b_img[0].astype(np.uint8)
             grid_rows.append([a_gray.astype(np.uint8), b_show] + [images[m] for m in methods])
@@ -180,12 +243,20 @@ def evaluate(
         out = Path(output)
         out.mkdir(parents=True, exist_ok=True)
         with atomic_path(out / "metrics.csv") as tmp, tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["pair", "id", "method", *METRIC_NAMES])
+            writer = csv.DictWriter(f, fieldnames=["pair", "source", "id", "method", *METRIC_NAMES])
             writer.writeheader()
             writer.writerows(result.rows)
         with atomic_path(out / "summary.json") as tmp:
             tmp.write_text(
-                json.dumps({"root": str(root), "methods": list(methods), "summary": result.summary}, indent=1)
+                json.dumps(
+                    {
+                        "root": data_roots(root),
+                        "pairs": len(pairs),
+                        "methods": list(methods),
+                        "summary": result.summary,
+                    },
+                    indent=1,
+                )
             )
         with atomic_path(out / "summary.md") as tmp:
             tmp.write_text(_markdown(result.summary, methods))
@@ -204,8 +275,9 @@ def _log_mlflow(result: EvaluationResult, uri: str, root, methods) -> None:
 
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment("emma-evaluate")
-    with mlflow.start_run(run_name=f"evaluate {Path(root).name}"):
-        mlflow.log_params({"root": str(root), "methods": ",".join(methods)})
+    roots = data_roots(root)
+    with mlflow.start_run(run_name="evaluate " + "+".join(Path(r).name for r in roots)):
+        mlflow.log_params({"root": ", ".join(roots), "methods": ",".join(methods)})
         for group, by_method in result.summary.items():
             for m, scores in by_method.items():
                 mlflow.log_metrics({f"{group}.{m}.{k}": v[0] for k, v in scores.items()})

@@ -57,15 +57,23 @@ def fuse_slice_pair(
 
 
 def network_fuser(
-    net: torch.nn.Module, device: str | torch.device = "cpu"
+    net: torch.nn.Module, device: str | torch.device = "cpu", zero_empty: bool = True
 ) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """Wrap a U-Fuser as a ``fuse(Y_a, Y_b)`` callable (eval mode, inference mode, fast path)."""
+    """Wrap a U-Fuser as a ``fuse(Y_a, Y_b)`` callable (eval mode, inference mode, fast path).
+
+    With ``zero_empty`` the result is 0 wherever both sources are
+    (:func:`~monai_emma.transforms.zero_where_empty`)."""
+    from monai_emma.transforms.empty import zero_where_empty
+
     net = net.to(device).eval()
 
     def fuse(ya: np.ndarray, yb: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.stack([ya, yb]).astype(np.float32))[None].to(device)
         with torch.inference_mode():
-            return net(x)[0, 0].float().cpu().numpy()
+            out = net(x)
+            if zero_empty:
+                out = zero_where_empty(out, x)
+            return out[0, 0].float().cpu().numpy()
 
     return fuse
 

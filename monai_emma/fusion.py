@@ -115,6 +115,7 @@ def fuse_volumes(
     progress: bool = False,
     anatomical_series: str | Sequence[str] | None = None,
     other_series: str | Sequence[str] | None = None,
+    zero_empty: bool = True,
 ) -> FusionResult:
     """Fuse two 3D images (NIfTI, DICOM series or single DICOM slices) on the anatomical grid.
 
@@ -133,6 +134,8 @@ def fuse_volumes(
         progress: show a progress bar over slice batches.
         anatomical_series: SeriesInstanceUID when the anatomical folder holds several series.
         other_series: the same for the second input.
+        zero_empty: the fused image is 0 where both scaled inputs are (no halo; see
+            :mod:`monai_emma.transforms.empty`).
 
     Returns:
         A :class:`FusionResult` whose ``fused`` is float32 (X, Y, Z) in [0, 1].
@@ -183,7 +186,9 @@ def fuse_volumes(
     dev = torch.device(device)
     batch_size = batch_size or (16 if dev.type == "cuda" else 4)
     model = model.to(dev).eval() if isinstance(model, torch.nn.Module) else model
-    inferer = FusionInferer(sw_batch_size=batch_size, amp=amp, progress=progress, sw_device=dev, device="cpu")
+    inferer = FusionInferer(
+        sw_batch_size=batch_size, amp=amp, progress=progress, sw_device=dev, device="cpu", zero_empty=zero_empty
+    )
     fused = inferer(torch.from_numpy(stack), model)[0, 0].numpy()
     if not np.isfinite(fused).all():
         raise FusionError(f"{a.path}: the network produced non-finite values")
@@ -209,6 +214,7 @@ def fuse_images(
     device: str | torch.device = "cpu",
     stretch: bool = False,
     resize: bool = False,
+    zero_empty: bool = True,
 ) -> FusionResult:
     """Fuse two 2D images (PNG, JPEG, BMP, TIFF; grey or RGB) into the 8-bit image users see.
 
@@ -223,6 +229,7 @@ def fuse_images(
         device: where the network runs.
         stretch: min-max stretch the fused luminance (the papers' protocol).
         resize: resample the second image to the anatomical size when they differ (otherwise an error).
+        zero_empty: the fused image is 0 where both sources are.
 
     Returns:
         A :class:`FusionResult` whose ``fused`` is uint8 (H, W) or (H, W, 3).
@@ -252,7 +259,7 @@ def fuse_images(
         from monai_emma.model_source import resolve_fuser
 
         model, _ = resolve_fuser()
-    fused = fuse_slice_pair(network_fuser(model, device), a.array, b_img, stretch=stretch)
+    fused = fuse_slice_pair(network_fuser(model, device, zero_empty), a.array, b_img, stretch=stretch)
     return FusionResult(
         fused=fused,
         anatomical=a,

@@ -123,7 +123,8 @@ def resolve_fuser(
     At most one source may be given; with none, the package's shipped weights (``weight_set``).
 
     Args:
-        weights: a state-dict or checkpoint file.
+        weights: a state-dict or checkpoint file, or the name of a shipped set (``"v1"``) when no
+            such file exists.
         bundle: an EMMA MONAI bundle folder (``models/model.pt``).
         model_uri: an MLflow model URI, e.g. ``models:/emma-ufuser@candidate``.
         tracking_uri: the MLflow tracking URI for ``model_uri`` (default: MLflow's own default,
@@ -139,14 +140,27 @@ def resolve_fuser(
     if len(given) > 1:
         raise ModelSourceError(f"choose one model source, not {' and '.join(given)}")
     if weights:
-        return load_state_dict_file(weights, map_location), f"weights {weights}"
+        if not Path(weights).exists() and _is_weight_set(str(weights)):
+            weight_set = str(weights)  # a shipped set by name, e.g. --weights v1
+        else:
+            return load_state_dict_file(weights, map_location), f"weights {weights}"
     if bundle:
         return _from_bundle(Path(bundle), map_location), f"bundle {bundle}"
     if model_uri:
         return _from_mlflow(model_uri, tracking_uri, map_location), f"MLflow model {model_uri}"
-    from monai_emma.weights import load_ufuser
+    from monai_emma.weights import load_ufuser, resolve_set
 
     try:
-        return load_ufuser(weight_set, map_location), f"shipped weights '{weight_set}'"
+        real = resolve_set(weight_set)
+        return load_ufuser(real, map_location), f"shipped weights '{real}'"
     except (FileNotFoundError, KeyError) as err:
-        raise ModelSourceError(str(err)) from err
+        raise ModelSourceError(err.args[0] if err.args else str(err)) from err
+
+
+def _is_weight_set(name: str) -> bool:
+    from monai_emma.weights import DEFAULT, weight_sets
+
+    try:
+        return name == DEFAULT or name in weight_sets()
+    except FileNotFoundError:
+        return False

@@ -59,7 +59,7 @@ def _quiet_env() -> None:
 class PipelineOptions:
     """What ``pipelines/train.py`` accepts (same names as its flags)."""
 
-    data: str
+    data: str | list[str]  # one data root or several
     num_workers: int = 2
     use_gpu: bool = False
     resources_per_worker: dict[str, float] | None = None
@@ -395,7 +395,7 @@ def run_pipeline(opts: PipelineOptions) -> PipelineResult:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from monai_emma.data.pairs import find_pairs
+    from monai_emma.data.pairs import data_roots, find_pairs
 
     t0 = time.perf_counter()
     find_pairs(opts.data)  # fail early, with a clear message, before anything starts
@@ -412,7 +412,7 @@ def run_pipeline(opts: PipelineOptions) -> PipelineResult:
     exp_id = _experiment(client, opts.experiment, artifacts_default if not opts.tracking_uri else None)
     parent_id = _find_or_create_run(client, exp_id, {"emma.pipeline": opts.name, "emma.role": "parent"}, opts.name)
     if "data" not in client.get_run(parent_id).data.params:
-        client.log_param(parent_id, "data", opts.data)
+        client.log_param(parent_id, "data", ", ".join(data_roots(opts.data)))
         client.log_param(parent_id, "recipe", cfg.recipe)
     _init_ray(opts.address)
 
@@ -438,7 +438,7 @@ def run_pipeline(opts: PipelineOptions) -> PipelineResult:
         )
         loop_config = {
             "stage": stage,
-            "data": str(Path(opts.data).resolve()) if "://" not in opts.data else opts.data,
+            "data": [r if "://" in r else str(Path(r).resolve()) for r in data_roots(opts.data)],
             "train_config": cfg.to_dict(),
             "tracking_uri": tracking_uri,
             "mlflow_run_id": child_id,
@@ -483,18 +483,19 @@ def run_pipeline(opts: PipelineOptions) -> PipelineResult:
     )
 
 
-def write_run_folder(run_root: str | os.PathLike, name: str, data: str, cfg, checkpoints: dict[str, str]) -> Path:
+def write_run_folder(
+    run_root: str | os.PathLike, name: str, data: str | list[str], cfg, checkpoints: dict[str, str]
+) -> Path:
     """Mirror a finished pipeline run as ``<run_root>/<name>/`` in the layout of ``monai-emma
     train`` (``config.json``, ``split.json``, ``stage1_sensors/``, ``stage2_fuser/``), so the
     same tools (e.g. ``scripts/ship_weights.py``) work on both."""
-    from monai_emma.data.pairs import find_pairs, split_pairs
+    from monai_emma.data.pairs import find_pairs, split_pairs, split_record
 
     folder = Path(run_root) / name
     folder.mkdir(parents=True, exist_ok=True)
     train, val = split_pairs(find_pairs(data), cfg.val_fraction, cfg.seed)
     (folder / "config.json").write_text(cfg.to_json())
-    split = {"data": str(data), "train": [p.id for p in train], "val": [p.id for p in val]}
-    (folder / "split.json").write_text(json.dumps(split, indent=1))
+    (folder / "split.json").write_text(json.dumps(split_record(data, train, val), indent=1))
     for stage, sub in (("sensors", "stage1_sensors"), ("fuser", "stage2_fuser")):
         if stage in checkpoints:
             with ray_checkpoint_dir(checkpoints[stage]) as d:

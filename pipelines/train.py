@@ -22,7 +22,12 @@ from collections.abc import Sequence
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pipelines/train.py", description=__doc__.splitlines()[0])
-    p.add_argument("--data", required=True, help="Harvard-style (<PAIR>/<MOD>/n.png) or IVF-style root")
+    p.add_argument(
+        "--data",
+        required=True,
+        action="append",
+        help="Harvard-style (<PAIR>/<MOD>/n.png) or IVF-style root; repeat to train on several roots",
+    )
     p.add_argument("--num-workers", type=int, default=2, help="Ray Train workers (DDP ranks), default 2")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
     p.add_argument("--resources-per-worker", type=json.loads, help='JSON, e.g. \'{"CPU": 4, "GPU": 1}\'')
@@ -47,15 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from monai_emma.data.pairs import PairDataError
+    from monai_emma.engines.config import parse_overrides
     from monai_emma.pipeline import PipelineOptions, run_pipeline
 
-    overrides = {}
-    for item in args.override:
-        key, _, value = item.partition("=")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
+    try:
+        overrides = parse_overrides(args.override)
+    except ValueError as err:
+        print(f"pipelines/train.py: error: {err}", file=sys.stderr)
+        return 2
     opts = PipelineOptions(
         data=args.data,
         num_workers=args.num_workers,

@@ -1,11 +1,12 @@
 """Copy a finished training run's weights into the package (``monai_emma/weights``) with a record.
 
-    python scripts/ship_weights.py RUN_DIR [--name default] [--command "monai-emma train ..."]
+    python scripts/ship_weights.py RUN_DIR --name v2 [--default] [--command "python pipelines/train.py ..."]
 
-Writes ``emma_ufuser_<name>.pt``, ``emma_sensors_<name>.pt`` and updates ``weights.json`` with
-the data split, recipe, epochs, wall time, hardware, seed and the first/last losses; for the
-``default`` set (the bundle's ``models/``) it also writes the summary into the bundle's
-``metadata.json`` (``shipped_weights``).
+Writes ``emma_ufuser_<name>.pt``, ``emma_sensors_<name>.pt`` and adds the set to ``weights.json``
+with every data root, the validation ids, recipe, epochs, wall time, hardware, seed and the
+first/last losses. ``--default`` makes it the default set: the bundle's ``models/`` then link to
+its files and the bundle's ``metadata.json`` records it (``shipped_weights``). Earlier sets stay
+loadable by name.
 """
 
 from __future__ import annotations
@@ -31,12 +32,16 @@ def _history(path: Path) -> list[dict[str, float]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--name", default="default")
+    parser.add_argument("--name", required=True, help="the set's name, e.g. v2 (never 'default')")
+    parser.add_argument("--default", action="store_true", help="make this set the default (bundle models too)")
+    parser.add_argument("--results", help="what the set scores, e.g. 'docs/results.md#shipped-weights-v2'")
     parser.add_argument("--command", default="", help="the command that produced the run (recorded)")
     parser.add_argument("--notes", default="")
     parser.add_argument("--hardware", help="what trained it (default: this machine's processor, CPU only)")
     parser.add_argument("--registry", help="where the run registered its models, e.g. models:/emma-ufuser/1")
     args = parser.parse_args(argv)
+    if args.name == "default":
+        parser.error("'default' is an alias; name the set (e.g. v2) and pass --default")
     run = args.run_dir
     cfg = json.loads((run / "config.json").read_text())
     split = json.loads((run / "split.json").read_text())
@@ -45,10 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     # state dicts only, saved fresh (no optimiser state, no pickled objects)
     torch.save(torch.load(run / "stage2_fuser" / "ufuser.pt", weights_only=True), dest / files["ufuser"])
     shutil.copyfile(run / "stage1_sensors" / "sensors.pt", dest / files["sensors"])
-    record: dict = {"format": 1, "sets": {}}
+    record: dict = {"format": 2, "default": args.name, "sets": {}}
     info_path = dest / "weights.json"
     if info_path.exists():
         record = json.loads(info_path.read_text())
+    roots = split["data"] if isinstance(split["data"], list) else [split["data"]]
     stages = {}
     for stage, sub in (("sensors", "stage1_sensors"), ("fuser", "stage2_fuser")):
         hist = _history(run / sub / f"history_{stage}.csv")
@@ -60,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         }
     record["sets"][args.name] = {
         **files,
-        "data": split["data"],
+        "data": roots,
+        "pair_counts": split.get("counts", {}),
         "train_pairs": len(split["train"]),
         "val_pairs": split["val"],
         "recipe": cfg["recipe"],
@@ -71,13 +78,21 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "command": args.command,
         "notes": args.notes,
+        "results": args.results or "",
     }
+    if args.default:
+        record["default"] = args.name
     info_path.write_text(json.dumps(record, indent=2) + "\n")
-    if args.name == "default":  # the bundle's models/ link to the default set: record it in metadata.json too
+    if args.default:  # the bundle's models/ link to the default set: record it in metadata.json too
+        models = ROOT / "bundles" / "emma" / "models"
+        for link, kind in (("model.pt", "ufuser"), ("sensors.pt", "sensors")):
+            (models / link).unlink(missing_ok=True)
+            (models / link).symlink_to(Path("../../../monai_emma/weights") / files[kind])
         meta_path = ROOT / "bundles" / "emma" / "configs" / "metadata.json"
         meta = json.loads(meta_path.read_text())
         meta["shipped_weights"] = {
-            "data": split["data"],
+            "set": args.name,
+            "data": roots,
             "train_pairs": len(split["train"]),
             "val_pairs": len(split["val"]),
             "recipe": cfg["recipe"],
@@ -86,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             "fuser_lr": cfg["fuser"]["lr"],
             "alpha": cfg["alpha"],
             "prior_weight": cfg.get("prior_weight", 0.0),
+            "prior_gradient_weight": cfg.get("prior_gradient_weight", 1.0),
             "seed": cfg["seed"],
             "wall_minutes": {k: v["wall_minutes"] for k, v in stages.items()},
             "hardware": record["sets"][args.name]["hardware"],

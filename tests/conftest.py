@@ -25,6 +25,12 @@ def phantom_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def second_root(tmp_path_factory) -> Path:
+    """Another Harvard-style root (MRI-CT and MRI-SPECT, 3 pairs each) for multi-root training."""
+    return write_phantom_dataset(tmp_path_factory.mktemp("more") / "more", n=3, modalities=("CT", "SPECT"))
+
+
+@pytest.fixture(scope="session")
 def harvard_root() -> Path:
     root = SHARED_DATA / "harvard"
     if not root.is_dir():

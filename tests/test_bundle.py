@@ -82,16 +82,19 @@ def test_inference_default_sample_from_another_working_directory(tmp_path):
     assert {"nifti_pet.nii.gz", "dicom_ct.nii.gz", "dicom_spect_preview.png", "sample"} <= names
 
 
-def test_two_stage_training_with_mlflow_and_resume(phantom_root, tmp_path, monkeypatch):
+def test_two_stage_training_with_mlflow_and_resume(phantom_root, second_root, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
 
     run_dir = tmp_path / "run"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     small = {"sensor_samples_per_epoch": 32, "fuser_samples_per_epoch": 8}
-    common = dict(dataset_dir=str(phantom_root), run_dir=str(run_dir), epochs=1, overrides=small, device="cpu")
+    roots = [str(phantom_root), str(second_root)]  # a list of roots, as a config may give
+    common = dict(dataset_dir=roots, run_dir=str(run_dir), epochs=1, overrides=small, device="cpu")
     _run("train_sensors.json", tracking="mlflow", tracking_uri=uri, **common)
     assert (run_dir / "models" / "sensors.pt").is_file()
+    split = json.loads((run_dir / "models" / "split.json").read_text())
+    assert split["data"] == roots and any(i.startswith("more/") for i in split["val"])
     _run("train_fuser.json", tracking="mlflow", tracking_uri=uri, **common)
     model = run_dir / "models" / "model.pt"
     from monai_emma.networks import UFuser

@@ -34,6 +34,15 @@ def test_fuse_folder_colour_and_grey(phantom_root, tmp_path, monkeypatch):
         files = sorted(p.name for p in d.iterdir())
         assert files == ["1.png", "2.png", "3.png", "4.png"]  # exactly one PNG per pair, nothing else
         img = np.asarray(Image.open(d / "1.png"))
+        src = np.asarray(Image.open(phantom_root / pair / "MRI" / "1.png")).astype(int)
+        src2 = np.asarray(Image.open(phantom_root / pair / mod / "1.png")).astype(int)
+        src2 = src2 if src2.ndim == 3 else src2[..., None]
+        empty = (src.max(-1) == 0) & (src2.max(-1) == 0)
+        assert empty.any() and (img.reshape(*empty.shape, -1)[empty] == 0).all()  # no halo in the air
+        raw = tmp_path / "raw" / pair
+        assert main([*args[:3], str(raw), "--weights", str(weights), "--quiet", "--no-zero-empty"]) == 0
+        assert (np.asarray(Image.open(raw / "1.png")).reshape(*empty.shape, -1)[empty] > 0).any()
+        img = np.asarray(Image.open(d / "1.png"))
         assert img.dtype == np.uint8 and (img.ndim == 3) == colour
         # refusing to overwrite leaves the files untouched
         assert main([*args, "--weights", str(weights), "--quiet"]) == 2
@@ -69,6 +78,43 @@ def test_train_and_evaluate_report_bad_input_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "run").exists()  # nothing written
     assert main(["evaluate", str(tmp_path), "--methods", "mean"]) == 2
     assert "no image pairs found" in capsys.readouterr().err
+
+
+def test_train_on_two_roots_then_evaluate_its_validation_pairs(phantom_root, second_root, tmp_path, capsys):
+    import json
+
+    run = tmp_path / "run"
+    tiny = ["sensor_samples_per_epoch=16", "fuser_samples_per_epoch=4", "sensor_patch_size=32"]
+    tiny += ["fuser_patch_size=32", "sensor_batch_size=8", "fuser_batch_size=2", "val_slices=2"]
+    args = ["train", "--data", str(phantom_root), "--data", str(second_root), "--output", str(run), "--epochs", "1"]
+    args += ["--alpha", "0"] + [f"--override={t}" for t in tiny]
+    assert main(args) == 0
+    split = json.loads((run / "split.json").read_text())
+    assert split["data"] == [str(phantom_root), str(second_root)]
+    assert (run / "stage2_fuser" / "ufuser.pt").is_file()
+    capsys.readouterr()
+    out = tmp_path / "eval"
+    ev = ["evaluate", str(phantom_root), str(second_root), "--split", str(run / "split.json"), "--methods", "mean"]
+    assert main([*ev, "--output", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["pairs"] == len(split["val"])
+    assert "more/MRI_SPECT" in summary["summary"] and "more" in summary["summary"]
+    # the roots must be the run's: one root alone cannot hold the listed pairs
+    assert main(["evaluate", str(second_root), "--split", str(run / "split.json"), "--methods", "mean"]) == 2
+    assert "not found under the given data roots" in capsys.readouterr().err
+    assert main(["evaluate", str(second_root), "--split", str(tmp_path / "nope.json")]) == 2
+    assert "no such split file" in capsys.readouterr().err
+
+
+def test_train_refuses_bad_overrides_before_writing(phantom_root, tmp_path, capsys):
+    base = ["train", "--data", str(phantom_root), "--output", str(tmp_path / "run")]
+    assert main([*base, "--override", "warp_speed=9"]) == 2
+    assert "unknown training setting 'warp_speed'" in capsys.readouterr().err
+    assert main([*base, "--alpha", "0", "--override", "alpha=0.2"]) == 2
+    assert "set twice" in capsys.readouterr().err
+    assert main([*base, "--override", "fuser_schedule=linear"]) == 2
+    assert "learning-rate schedule" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.shared_data

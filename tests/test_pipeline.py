@@ -27,7 +27,9 @@ def _attempts(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_two_workers_both_stages_failure_resume_register_and_rerun(ray_env, phantom_root, tmp_path, monkeypatch):
+def test_two_workers_both_stages_failure_resume_register_and_rerun(
+    ray_env, phantom_root, second_root, tmp_path, monkeypatch
+):
     import mlflow
 
     from monai_emma.cli import main as cli
@@ -36,7 +38,8 @@ def test_two_workers_both_stages_failure_resume_register_and_rerun(ray_env, phan
 
     run_root = tmp_path / "runs"
     monkeypatch.setenv(FAIL_ENV, "sensors:2")  # the last worker raises once when sensor epoch 2 starts
-    args = ["--data", str(phantom_root), "--num-workers", "2", "--sensor-epochs", "2", "--fuser-epochs", "1"]
+    roots = [str(phantom_root), str(second_root)]  # two data roots trained together
+    args = ["--data", roots[0], "--data", roots[1], "--num-workers", "2", "--sensor-epochs", "2", "--fuser-epochs", "1"]
     args += ["--run-root", str(run_root), "--name", "t1"] + [f"--override={k}={v}" for k, v in SMALL.items()]
     assert pipeline_main(args) == 0
     attempts = _attempts(run_root / "t1-attempts.jsonl")
@@ -61,7 +64,8 @@ def test_two_workers_both_stages_failure_resume_register_and_rerun(ray_env, phan
     history = client.get_metric_history(by_name["t1-sensors"].info.run_id, "train_total")
     assert sorted(m.step for m in history) == [1, 2]
     version = client.get_model_version_by_alias("emma-ufuser", "candidate")
-    assert {m: client.get_model_version_by_alias(f"emma-sensor-{m}", "candidate").version for m in ("mri", "ct", "pet")}
+    modalities = ("mri", "ct", "pet", "spect")  # the second root brings SPECT
+    assert {m: client.get_model_version_by_alias(f"emma-sensor-{m}", "candidate").version for m in modalities}
 
     # the registered model fuses like the checkpoint, for slice sizes it never saw
     ckpt = by_name["t1"].data.tags["emma.checkpoint.fuser"]
@@ -100,7 +104,7 @@ def test_two_workers_both_stages_failure_resume_register_and_rerun(ray_env, phan
     # the same name again: nothing retrained, no duplicated runs, no new model version
     monkeypatch.delenv(FAIL_ENV)
     opts = PipelineOptions(
-        data=str(phantom_root), name="t1", run_root=str(run_root), sensor_epochs=2, fuser_epochs=1, overrides=SMALL
+        data=roots, name="t1", run_root=str(run_root), sensor_epochs=2, fuser_epochs=1, overrides=SMALL
     )
     result = run_pipeline(opts)
     assert result.model_version == str(version.version)
@@ -110,7 +114,9 @@ def test_two_workers_both_stages_failure_resume_register_and_rerun(ray_env, phan
     assert (folder / "stage2_fuser" / "ufuser.pt").is_file() and (
         folder / "stage1_sensors" / "history_sensors.csv"
     ).is_file()
-    assert json.loads((folder / "split.json").read_text())["val"]
+    split = json.loads((folder / "split.json").read_text())
+    assert split["data"] == roots and any(i.startswith("more/") for i in split["val"])
+    assert by_name["t1"].data.params["data"] == ", ".join(roots)
 
 
 def test_two_node_cluster_one_worker_per_node(ray_env, phantom_root, tmp_path):

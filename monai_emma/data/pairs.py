@@ -7,11 +7,15 @@ Layouts (files matched by stem, i.e. name without extension):
   ``root/CT``).
 * IVF style: ``root/<SET>/vi/*`` and ``root/<SET>/ir/*`` (``RoadScene``, ``TNO``), or one set.
 
+Several roots can be combined (e.g. ``harvard`` and ``aanlib``): every pair then carries its root's
+label (the folder name) in :attr:`SlicePair.source` and in its id (``aanlib/MRI_CT/16003``).
+
 Channel convention: ``a`` is the anatomical image (MRI, visible), ``b`` the other modality.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,7 +25,18 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["SlicePair", "list_images", "find_pairs", "split_pairs", "load_pair", "PairedPatchDataset", "PairDataError"]
+__all__ = [
+    "SlicePair",
+    "list_images",
+    "find_pairs",
+    "data_roots",
+    "split_pairs",
+    "split_record",
+    "spread_subset",
+    "load_pair",
+    "PairedPatchDataset",
+    "PairDataError",
+]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 ANATOMICAL = ("MRI", "VI", "VIS", "VISIBLE")
@@ -42,10 +57,12 @@ class SlicePair:
     a_modality: str  # "mri" or "vis"
     b_modality: str  # "ct", "pet", "spect" or "ir"
     stem: str
+    source: str = ""  # the root's label when several roots are combined, else ""
 
     @property
     def id(self) -> str:
-        return f"{self.pair}/{self.stem}"
+        """``<pair>/<stem>`` (e.g. ``MRI_CT/11``), prefixed by ``<source>/`` when several roots are combined."""
+        return f"{self.source}/{self.pair}/{self.stem}" if self.source else f"{self.pair}/{self.stem}"
 
 
 def list_images(folder: Path) -> dict[str, Path]:
@@ -83,13 +100,34 @@ def _pair_folder(folder: Path) -> list[SlicePair] | None:
     return None
 
 
-def find_pairs(root: str | os.PathLike) -> list[SlicePair]:
-    """All slice pairs below ``root`` (Harvard or IVF layout; see the module docstring).
+def data_roots(data: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    """One root or several as a list of strings (the form run records store)."""
+    if isinstance(data, str | os.PathLike):
+        return [str(data)]
+    roots = [str(r) for r in data]
+    if not roots:
+        raise PairDataError("no data folder given")
+    return roots
 
-    Raises:
-        PairDataError: ``root`` is missing, holds no pairs, or has files without a partner.
-    """
-    root = Path(root)
+
+def _root_labels(roots: Sequence[str]) -> list[str]:
+    """A short, unique label per root: its folder name (``harvard``), ``name-2`` etc. on clashes."""
+    resolved = [Path(r).resolve() for r in roots]
+    for i, r in enumerate(resolved):
+        if r in resolved[:i]:
+            raise PairDataError(f"{roots[i]}: data folder given twice")
+    labels: list[str] = []
+    for r in resolved:
+        base = r.name or "data"
+        label, n = base, 1
+        while label in labels:
+            n += 1
+            label = f"{base}-{n}"
+        labels.append(label)
+    return labels
+
+
+def _find_in_root(root: Path) -> list[SlicePair]:
     if not root.is_dir():
         raise PairDataError(f"{root}: no such data folder")
     pairs = _pair_folder(root)
@@ -107,20 +145,42 @@ def find_pairs(root: str | os.PathLike) -> list[SlicePair]:
     return pairs
 
 
+def find_pairs(data: str | os.PathLike | Sequence[str | os.PathLike]) -> list[SlicePair]:
+    """All slice pairs below one root or several (Harvard or IVF layout; see the module docstring).
+
+    With several roots, each pair's :attr:`SlicePair.source` is its root's label (the folder
+    name, made unique), so ids stay distinct when two roots hold the same pair type and names.
+
+    Raises:
+        PairDataError: a root is missing, holds no pairs, has files without a partner, or is
+            given twice.
+    """
+    roots = data_roots(data)
+    if len(roots) == 1:
+        return _find_in_root(Path(roots[0]))
+    pairs: list[SlicePair] = []
+    for root, label in zip(roots, _root_labels(roots)):
+        pairs.extend(dataclasses.replace(p, source=label) for p in _find_in_root(Path(root)))
+    return pairs
+
+
 def split_pairs(
     pairs: Sequence[SlicePair], val_fraction: float = 0.2, seed: int = 0
 ) -> tuple[list[SlicePair], list[SlicePair]]:
-    """Reproducible train/validation split by slice id, stratified by pair type.
+    """Reproducible train/validation split by slice id, stratified by root and pair type.
 
-    Every pair type with at least two slices gives at least one validation slice (when
-    ``val_fraction > 0``). The same ``seed`` and files give the same split on any machine.
+    Every (root, pair type) group with at least two slices gives at least one validation slice
+    (when ``val_fraction > 0``). A group's split depends only on the seed, the pair type and the
+    group's files, so the same seed and files give the same split on any machine, and adding a
+    root never moves a pair of another root between training and validation (the Harvard pairs
+    split the same way alone as together with AANLIB).
     """
     train, val = [], []
-    by_type: dict[str, list[SlicePair]] = {}
+    by_group: dict[tuple[str, str], list[SlicePair]] = {}
     for p in pairs:
-        by_type.setdefault(p.pair, []).append(p)
-    for name in sorted(by_type):
-        group = sorted(by_type[name], key=lambda p: _natural_key(p.stem))
+        by_group.setdefault((p.source, p.pair), []).append(p)
+    for source, name in sorted(by_group):
+        group = sorted(by_group[source, name], key=lambda p: _natural_key(p.stem))
         rng = np.random.default_rng([seed, *name.encode()])
         order = rng.permutation(len(group))
         n_val = int(round(val_fraction * len(group)))
@@ -130,6 +190,51 @@ def split_pairs(
         for i, p in enumerate(group):
             (val if i in val_idx else train).append(p)
     return train, val
+
+
+def spread_subset(pairs: Sequence[SlicePair], limit: int | None) -> list[SlicePair]:
+    """At most ``limit`` pairs, stratified: each (root, pair type) group keeps a share proportional
+    to its size (at least one while ``limit`` allows), taken evenly spaced through the group.
+    ``None`` or a ``limit`` of at least ``len(pairs)`` keeps everything. Deterministic."""
+    if not limit or limit >= len(pairs):
+        return list(pairs)
+    groups: dict[tuple[str, str], list[SlicePair]] = {}
+    for p in pairs:
+        groups.setdefault((p.source, p.pair), []).append(p)
+    keys = sorted(groups)
+    exact = {k: limit * len(groups[k]) / len(pairs) for k in keys}
+    quota = {k: min(len(groups[k]), max(int(exact[k]), 1 if limit >= len(keys) else 0)) for k in keys}
+    # hand out what is left by largest remainder
+    for k in sorted(keys, key=lambda k: exact[k] - int(exact[k]), reverse=True):
+        if sum(quota.values()) >= limit:
+            break
+        if quota[k] < len(groups[k]):
+            quota[k] += 1
+    chosen: list[SlicePair] = []
+    for k in keys:
+        group = sorted(groups[k], key=lambda p: _natural_key(p.stem))
+        if quota[k]:
+            idx = np.unique(np.round(np.linspace(0, len(group) - 1, quota[k])).astype(int))
+            chosen.extend(group[i] for i in idx)
+    return chosen
+
+
+def split_record(
+    data: str | os.PathLike | Sequence[str | os.PathLike], train: Sequence[SlicePair], val: Sequence[SlicePair]
+) -> dict:
+    """What a run stores as ``split.json``: every data root, the pair counts per (root, pair type)
+    and split, and the training and validation ids."""
+    counts: dict[str, dict[str, int]] = {}
+    for part, group in (("train", train), ("val", val)):
+        for p in group:
+            key = f"{p.source}/{p.pair}" if p.source else p.pair
+            counts.setdefault(key, {"train": 0, "val": 0})[part] += 1
+    return {
+        "data": data_roots(data),
+        "counts": dict(sorted(counts.items())),
+        "train": [p.id for p in train],
+        "val": [p.id for p in val],
+    }
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:

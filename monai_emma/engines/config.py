@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["StageConfig", "TrainConfig", "RECIPES", "recipe"]
+__all__ = ["StageConfig", "TrainConfig", "RECIPES", "SCHEDULES", "recipe", "parse_overrides"]
+
+#: learning-rate schedules of a stage: ``step`` (StepLR, the paper's) or ``cosine`` (cosine decay to 0)
+SCHEDULES = ("step", "cosine")
 
 
 @dataclass
@@ -21,6 +25,11 @@ class StageConfig:
     lr_gamma: float
     patch_size: int
     samples_per_epoch: int | None = None  # None: one patch per training pair and epoch
+    schedule: str = "step"  # "step" (StepLR(lr_step, lr_gamma)) or "cosine" (to 0 over all epochs)
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown learning-rate schedule {self.schedule!r}; choose from {list(SCHEDULES)}")
 
 
 @dataclass
@@ -41,11 +50,13 @@ class TrainConfig:
     fused_dir: str | None = None
     alpha: float = 0.1
     prior_weight: float = 0.0  # MaxFidelityPrior weight in stage 2 (not in the paper)
+    prior_gradient_weight: float = 1.0  # weight of the prior's edge term inside the prior
     shifts: int = 3
     rotations: int = 3
     reflections: int = 3
     seed: int = 0
     val_fraction: float = 0.2
+    val_slices: int | None = 64  # validation slices scored per epoch (stratified subset); None: all
     amp: bool = False
     num_workers: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -83,7 +94,7 @@ class TrainConfig:
                 setattr(cfg, key, value)
             else:
                 raise ValueError(f"unknown training setting {key!r}")
-        return cfg
+        return TrainConfig.from_dict(cfg.to_dict())  # normalised (tuples) and checked again
 
 
 RECIPES: dict[str, TrainConfig] = {
@@ -110,6 +121,25 @@ RECIPES: dict[str, TrainConfig] = {
         reflections=1,
     ),
 }
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["fuser_lr=1e-3", "stage1_rules=[\"max\"]"]`` -> ``{"fuser_lr": 0.001, "stage1_rules": ["max"]}``:
+    values are JSON where they parse as JSON, strings otherwise.
+
+    Raises:
+        ValueError: an item without ``=``.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"override {item!r}: expected KEY=VALUE, e.g. fuser_lr=0.001")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
 
 
 def recipe(name: str, **overrides: Any) -> TrainConfig:

@@ -209,9 +209,10 @@ def build_stage_trainer(
 ):
     """A MONAI ``SupervisedTrainer`` running ``step`` for ``stage_cfg.epochs`` epochs.
 
-    Handlers: StepLR schedule, a per-epoch checkpoint of network, optimiser, scheduler and trainer
-    state (``<stage>_checkpoint_epoch=<n>.pt``; resumed automatically when ``resume``), validation
-    with best-model saving and a CSV history (:class:`EpochEnd`), and a tqdm progress bar.
+    Handlers: the learning-rate schedule (StepLR, or cosine decay), a per-epoch checkpoint of
+    network, optimiser, scheduler and trainer state (``<stage>_checkpoint_epoch=<n>.pt``; resumed
+    automatically when ``resume``), validation with best-model saving and a CSV history
+    (:class:`EpochEnd`), and a tqdm progress bar.
 
     ``extra_handlers`` (e.g. MONAI's ``MLFlowHandler``, which a bundle's ``--tracking mlflow``
     adds) are attached after the bookkeeping, so they see each epoch's training averages,
@@ -234,7 +235,10 @@ def build_stage_trainer(
     loader = make_loader(dataset, stage_cfg.batch_size, config.seed, config.num_workers, rank, world_size)
     params = [p for p in network.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=stage_cfg.lr)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=stage_cfg.lr_step, gamma=stage_cfg.lr_gamma)
+    if stage_cfg.schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(stage_cfg.epochs, 1))
+    else:
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=stage_cfg.lr_step, gamma=stage_cfg.lr_gamma)
     handlers: list[Any] = [LrScheduleHandler(scheduler, print_lr=False, epoch_level=True)]
     trainer = SupervisedTrainer(
         device=device,

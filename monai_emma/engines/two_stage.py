@@ -15,12 +15,21 @@ from typing import Any
 
 import torch
 
-from monai_emma.data.pairs import PairedPatchDataset, SlicePair, find_pairs, load_pair, split_pairs
+from monai_emma.data.pairs import (
+    PairedPatchDataset,
+    SlicePair,
+    find_pairs,
+    load_pair,
+    split_pairs,
+    split_record,
+    spread_subset,
+)
 from monai_emma.engines.config import TrainConfig
 from monai_emma.engines.steps import IDENTITY_SENSORS, FuserStep, SensorBank, SensorStep
 from monai_emma.engines.trainer import StageResult, build_stage_trainer
 from monai_emma.losses import EMMALoss
 from monai_emma.networks import UFuser
+from monai_emma.transforms.empty import zero_where_empty
 from monai_emma.transforms.equivariance import TransformGroup
 
 __all__ = [
@@ -113,10 +122,12 @@ def _fuser_validator(slices: list[dict], sensors: SensorBank, device: torch.devi
     loss = EMMALoss(alpha=0.0)
 
     def score(fuser, a, b, ma, mb):
-        f = fuser(torch.cat([a, b], 1))
+        x = torch.cat([a, b], 1)
+        f = fuser(x)
         values = {"loss": loss(sensors(f, ma), a, sensors(f, mb), b)}
         to8 = lambda t: (t.clamp(0, 1) * 255).round().double().cpu()  # noqa: E731
-        metrics = batch_fusion_metrics(to8(f), to8(a), to8(b), VALIDATION_METRICS)
+        # metrics of the image users get: empty background stays empty, as in deployment
+        metrics = batch_fusion_metrics(to8(zero_where_empty(f, x)), to8(a), to8(b), VALIDATION_METRICS)
         values.update({name: float(v[0]) for name, v in metrics.items()})
         return values
 
@@ -220,7 +231,7 @@ def sensor_trainer(
     modalities = _modalities(train_pairs)
     torch.manual_seed(cfg.seed)
     bank = SensorBank(modalities, preset=cfg.sensor_preset).to(device)
-    validate = _sensor_validator(validation_slices(val_pairs), device)
+    validate = _sensor_validator(validation_slices(spread_subset(val_pairs, cfg.val_slices)), device)
     step = SensorStep(cfg.stage1_rules, seed=cfg.seed)
     return _stage_trainer(
         "sensors",
@@ -253,8 +264,9 @@ def fuser_trainer(
     fuser = UFuser().to(device)
     sensors = sensors.to(device).freeze()
     group = TransformGroup(cfg.shifts, cfg.rotations, cfg.reflections)
-    step = FuserStep(sensors, EMMALoss(alpha=cfg.alpha, prior_weight=cfg.prior_weight), group, cfg.seed)
-    validate = _fuser_validator(validation_slices(val_pairs), sensors, device)
+    loss = EMMALoss(alpha=cfg.alpha, prior_weight=cfg.prior_weight, prior_gradient_weight=cfg.prior_gradient_weight)
+    step = FuserStep(sensors, loss, group, cfg.seed)
+    validate = _fuser_validator(validation_slices(spread_subset(val_pairs, cfg.val_slices)), sensors, device)
     return _stage_trainer(
         "fuser",
         fuser,
@@ -305,26 +317,23 @@ def train_fuser(
 
 
 def run_training(
-    data: str | os.PathLike,
+    data: str | os.PathLike | Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
     cfg: TrainConfig,
     device: str | torch.device = "cpu",
     resume: bool = True,
     progress: bool = True,
 ) -> dict[str, StageResult]:
-    """Both stages in this process (``monai-emma train``). A finished stage is not repeated when
-    ``resume`` is set; an interrupted one continues from its last epoch checkpoint."""
+    """Both stages in this process (``monai-emma train``) on one data root or several. A finished
+    stage is not repeated when ``resume`` is set; an interrupted one continues from its last epoch
+    checkpoint. ``split.json`` lists every root and the validation ids."""
     device = torch.device(device)
     out_dir = Path(out_dir)
     pairs = find_pairs(data)  # fails before anything is written
     train_pairs, val_pairs = split_pairs(pairs, cfg.val_fraction, cfg.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(cfg.to_json())
-    (out_dir / "split.json").write_text(
-        json.dumps(
-            {"data": str(data), "train": [p.id for p in train_pairs], "val": [p.id for p in val_pairs]}, indent=1
-        )
-    )
+    (out_dir / "split.json").write_text(json.dumps(split_record(data, train_pairs, val_pairs), indent=1))
     results: dict[str, StageResult] = {}
     sensors_path = out_dir / "stage1_sensors" / SENSORS_FILE
     if cfg.sensor_preset == IDENTITY_SENSORS:

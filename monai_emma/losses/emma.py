@@ -23,6 +23,7 @@ class EMMALoss(_Loss):
         gradient_weight: ``ℓ``'s gradient term weight.
         prior_weight: weight ``beta`` of :class:`~monai_emma.losses.MaxFidelityPrior`, a term that is
             not in the paper (0, the default, is EMMA's loss exactly).
+        prior_gradient_weight: the prior's edge-term weight (its ``gradient_weight``).
 
     Shapes:
         ``sensed_a``, ``a``, ``sensed_b``, ``b``: (B, 1, H, W); ``transformed`` and ``refused``:
@@ -36,12 +37,13 @@ class EMMALoss(_Loss):
         intensity_weight: float = 1.0,
         gradient_weight: float = 1.0,
         prior_weight: float = 0.0,
+        prior_gradient_weight: float = 1.0,
     ) -> None:
         super().__init__()
         self.alpha = alpha
         self.prior_weight = prior_weight
         self.fusion_loss = FusionLoss(intensity_weight, gradient_weight)
-        self.prior = MaxFidelityPrior()
+        self.prior = MaxFidelityPrior(prior_gradient_weight)
 
     def components(
         self,

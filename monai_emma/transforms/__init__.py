@@ -1,6 +1,8 @@
-"""Transforms: the equivariance group, colour (YCbCr), intensity and foreground-aware patches."""
+"""Transforms: the equivariance group, colour (YCbCr), intensity, foreground-aware patches and
+the empty-background rule."""
 
 from monai_emma.transforms.colour import RGBToYCbCr, RGBToYCbCrd, is_colour, rgb_to_ycbcr, ycbcr_to_rgb
+from monai_emma.transforms.empty import EMPTY_TOLERANCE, ZeroWhereEmptyd, zero_where_empty
 from monai_emma.transforms.equivariance import RandCircularShift, Reflection, Rotation, TransformGroup, rotate
 from monai_emma.transforms.intensity import (
     DEFAULT_INTENSITY,
@@ -31,4 +33,7 @@ __all__ = [
     "ScaleToUnitd",
     "RandForegroundPatchd",
     "foreground_mask",
+    "EMPTY_TOLERANCE",
+    "zero_where_empty",
+    "ZeroWhereEmptyd",
 ]

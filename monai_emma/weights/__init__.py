@@ -1,7 +1,9 @@
-"""Shipped weights: the package's default U-Fuser and lite pseudo-sensors, with their record.
+"""Shipped weights: named sets of a U-Fuser and its lite pseudo-sensors, with their record.
 
 ``weights.json`` beside the files says how each set was trained (data, recipe, epochs,
-hardware, wall time, seed, losses). Load them with :func:`load_ufuser` /
+hardware, wall time, seed, losses, validation pairs) and which set is the ``default``. Sets keep
+their names once shipped (``v1``: Harvard only; ``v2``: Harvard + AANLIB), so results stay
+reproducible when the default moves on. Load them with :func:`load_ufuser` /
 :meth:`monai_emma.networks.UFuser.pretrained` and :func:`load_sensors`.
 """
 
@@ -13,9 +15,22 @@ from typing import Any
 
 import torch
 
-__all__ = ["WEIGHTS_DIR", "weights_info", "weights_path", "load_ufuser", "load_ufuser_file", "load_sensors"]
+__all__ = [
+    "WEIGHTS_DIR",
+    "DEFAULT",
+    "weights_info",
+    "weight_sets",
+    "resolve_set",
+    "set_record",
+    "weights_path",
+    "load_ufuser",
+    "load_ufuser_file",
+    "load_sensors",
+]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent
+#: the name that always means "the set ``weights.json`` marks as default"
+DEFAULT = "default"
 
 
 def weights_info() -> dict[str, Any]:
@@ -26,13 +41,33 @@ def weights_info() -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def weights_path(name: str = "default", kind: str = "ufuser") -> Path:
-    """File of the named weight set (``kind``: ``"ufuser"`` or ``"sensors"``)."""
+def weight_sets() -> list[str]:
+    """Names of the shipped sets (``default`` is an alias of one of them)."""
+    return sorted(weights_info()["sets"])
+
+
+def resolve_set(name: str = DEFAULT) -> str:
+    """The real set name behind ``name`` (``"default"`` -> e.g. ``"v2"``).
+
+    Raises:
+        KeyError: no such set (the message lists the shipped ones).
+    """
     info = weights_info()
-    sets = info["sets"]
-    if name not in sets:
-        raise KeyError(f"unknown weight set {name!r}; available: {sorted(sets)}")
-    path = WEIGHTS_DIR / sets[name][kind]
+    real = info.get("default", "") if name == DEFAULT else name
+    if real not in info["sets"]:
+        shipped = ", ".join(f"{n} (default)" if n == info.get("default") else n for n in sorted(info["sets"]))
+        raise KeyError(f"unknown weight set {name!r}; shipped: {shipped}")
+    return real
+
+
+def set_record(name: str = DEFAULT) -> dict[str, Any]:
+    """How the named set was trained (its ``weights.json`` entry)."""
+    return weights_info()["sets"][resolve_set(name)]
+
+
+def weights_path(name: str = DEFAULT, kind: str = "ufuser") -> Path:
+    """File of the named weight set (``kind``: ``"ufuser"`` or ``"sensors"``)."""
+    path = WEIGHTS_DIR / set_record(name)[kind]
     if not path.is_file():
         raise FileNotFoundError(f"{path}: weight file missing from the installation")
     return path
@@ -46,12 +81,18 @@ def load_ufuser_file(path, map_location: str | torch.device = "cpu"):
     return load_state_dict_file(path, map_location)
 
 
-def load_ufuser(name: str = "default", map_location: str | torch.device = "cpu"):
-    """A :class:`~monai_emma.networks.UFuser` with the named shipped weights, in eval mode."""
+def load_ufuser(name: str = DEFAULT, map_location: str | torch.device = "cpu"):
+    """A :class:`~monai_emma.networks.UFuser` with the named shipped weights, in eval mode.
+
+    Example:
+        >>> from monai_emma.weights import load_ufuser
+        >>> net = load_ufuser()      # the default set  # doctest: +SKIP
+        >>> old = load_ufuser("v1")  # an earlier set, by name  # doctest: +SKIP
+    """
     return load_ufuser_file(weights_path(name, "ufuser"), map_location)
 
 
-def load_sensors(name: str = "default", map_location: str | torch.device = "cpu"):
+def load_sensors(name: str = DEFAULT, map_location: str | torch.device = "cpu"):
     """The :class:`~monai_emma.engines.SensorBank` (lite pseudo-sensors) shipped with a weight set."""
     from monai_emma.engines.two_stage import load_sensor_bank
 

@@ -3,7 +3,15 @@ import shutil
 import pytest
 import torch
 
-from monai_emma.data.pairs import PairDataError, PairedPatchDataset, find_pairs, load_pair, split_pairs
+from monai_emma.data.pairs import (
+    PairDataError,
+    PairedPatchDataset,
+    find_pairs,
+    load_pair,
+    split_pairs,
+    split_record,
+    spread_subset,
+)
 
 
 def test_find_pairs_and_modalities(phantom_root):
@@ -21,6 +29,43 @@ def test_split_is_reproducible_and_stratified(phantom_root):
     assert len(val) == 2 and {p.pair for p in val} == {"MRI_CT", "MRI_PET"}
     assert not {p.id for p in train} & {p.id for p in val}
     assert [p.id for p in split_pairs(pairs, 0.25, seed=0)[1]] == [p.id for p in val]
+
+
+def test_several_roots_are_labelled_and_split_independently(phantom_root, second_root, tmp_path):
+    both = find_pairs([phantom_root, second_root])
+    assert len(both) == 8 + 6
+    assert {p.source for p in both} == {phantom_root.name, "more"}
+    assert "more/MRI_SPECT/2" in {p.id for p in both}
+    assert len({p.id for p in both}) == len(both)  # MRI_CT/1 exists in both roots, ids still differ
+    # adding a root moves no pair of the first root between training and validation
+    alone_train, alone_val = split_pairs(find_pairs(phantom_root), 0.25, seed=3)
+    train, val = split_pairs(both, 0.25, seed=3)
+    first = phantom_root.name + "/"
+    assert sorted(p.id for p in alone_val) == sorted(p.id[len(first) :] for p in val if p.id.startswith(first))
+    assert {(p.source, p.pair) for p in val} == {(phantom_root.name, "MRI_CT"), (phantom_root.name, "MRI_PET")} | {
+        ("more", "MRI_CT"),
+        ("more", "MRI_SPECT"),
+    }
+    record = split_record([phantom_root, second_root], train, val)
+    assert record["data"] == [str(phantom_root), str(second_root)]
+    assert record["counts"]["more/MRI_SPECT"] == {"train": 2, "val": 1}
+    assert sorted(record["val"]) == sorted(p.id for p in val) and len(record["train"]) == len(train)
+    # two roots with the same folder name get distinct labels; the same root twice is refused
+    twin = tmp_path / "x" / second_root.name
+    shutil.copytree(second_root, twin)
+    assert {p.source for p in find_pairs([second_root, twin])} == {"more", "more-2"}
+    with pytest.raises(PairDataError, match="given twice"):
+        find_pairs([second_root, str(second_root) + "/"])
+    with pytest.raises(PairDataError, match="no such data folder"):
+        find_pairs([second_root, tmp_path / "missing"])
+
+
+def test_spread_subset_is_stratified_and_deterministic(phantom_root, second_root):
+    pairs = find_pairs([phantom_root, second_root])
+    sub = spread_subset(pairs, 6)
+    assert len(sub) == 6 and sub == spread_subset(pairs, 6)
+    assert len({(p.source, p.pair) for p in sub}) == 4  # every group keeps at least one
+    assert spread_subset(pairs, None) == pairs and spread_subset(pairs, 100) == pairs
 
 
 def test_load_pair_luminance_and_colour_flag(phantom_root):

@@ -54,6 +54,19 @@ def test_recipes_and_overrides():
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown"):
         recipe("cpu", warp_speed=1)
+    assert recipe("cpu", fuser_schedule="cosine").fuser.schedule == "cosine"
+    with pytest.raises(ValueError, match="learning-rate schedule"):
+        recipe("cpu", fuser_schedule="linear")
+    assert recipe("cpu", stage1_rules=["max"]).stage1_rules == ("max",)  # normalised like a loaded config
+
+
+def test_parse_overrides():
+    from monai_emma.engines.config import parse_overrides
+
+    got = parse_overrides(["fuser_lr=1e-3", 'stage1_rules=["max","mean"]', "fuser_schedule=cosine", "val_slices=null"])
+    assert got == {"fuser_lr": 1e-3, "stage1_rules": ["max", "mean"], "fuser_schedule": "cosine", "val_slices": None}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_overrides(["fuser_lr"])
 
 
 def test_stage2_changes_only_the_fuser_and_sensors_get_no_gradients(phantom_root):
@@ -144,3 +157,37 @@ def test_identity_sensors_skip_stage_one_and_train_the_fuser(phantom_root, tmp_p
     hist = results["fuser"].history
     assert len(hist) == 2 and "train_prior" in hist[0] and hist[0]["train_prior"] > 0
     assert results["fuser"].weights.exists()
+
+
+def test_two_roots_cosine_schedule_and_prior_edge_weight(phantom_root, second_root, tmp_path):
+    import json
+
+    cfg = tiny_config(
+        epochs=2, fuser_schedule="cosine", prior_weight=1.0, prior_gradient_weight=4.0, alpha=0.0, val_slices=3
+    )
+    out = tmp_path / "two"
+    results = run_training([phantom_root, second_root], out, cfg, progress=False)
+    split = json.loads((out / "split.json").read_text())
+    assert split["data"] == [str(phantom_root), str(second_root)]
+    assert set(split["counts"]) == {f"{phantom_root.name}/MRI_CT", f"{phantom_root.name}/MRI_PET"} | {
+        "more/MRI_CT",
+        "more/MRI_SPECT",
+    }
+    assert any(i.startswith("more/") for i in split["val"])
+    hist = results["fuser"].history
+    assert hist[0]["lr"] < cfg.fuser.lr and hist[1]["lr"] < hist[0]["lr"]  # cosine decay, every epoch
+    assert hist[1]["lr"] == pytest.approx(0.0, abs=1e-12)
+    assert json.loads((out / "config.json").read_text())["prior_gradient_weight"] == 4.0
+    # the sensor bank covers the modalities of both roots
+    from monai_emma.engines import load_sensor_bank
+
+    assert load_sensor_bank(results["sensors"].weights).modalities == ["ct", "mri", "pet", "spect"]
+
+
+def test_prior_edge_weight_reaches_the_loss():
+    from monai_emma.losses import EMMALoss
+
+    a, b, f = torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 16)
+    plain = EMMALoss(alpha=0.0, prior_weight=1.0, prior_gradient_weight=0.0).components(a, a, b, b, fused=f)
+    edges = EMMALoss(alpha=0.0, prior_weight=1.0, prior_gradient_weight=4.0).components(a, a, b, b, fused=f)
+    assert edges["prior"] > plain["prior"] > 0
