@@ -1,14 +1,34 @@
 """monai-emma: EMMA (Equivariant Multi-Modality Image Fusion) as a MONAI plugin."""
 
+import shutil
 from pathlib import Path
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).parent
+BUNDLE_MODELS = HERE / "bundles" / "emma" / "models"
+
+
+class BuildWithBundleModels(build_py):
+    """Put the EMMA bundle's default weights (``bundles/emma/models/*.pt``, the one copy in the
+    repository) into the wheel as ``monai_emma/weights/bundle_models``, so that an installed
+    package has its default weights without the bundle folder."""
+
+    def run(self):
+        super().run()
+        target = Path(self.build_lib) / "monai_emma" / "weights" / "bundle_models"
+        target.mkdir(parents=True, exist_ok=True)
+        for f in sorted(BUNDLE_MODELS.glob("*.pt")):
+            shutil.copy2(f, target / f.name)
+
+
+TRACKING = ["mlflow>=3.0", "psutil>=5.9"]  # psutil: MLflow system metrics
+DISTRIBUTED = ["ray[train]>=2.40"]
 
 setup(
     name="monai-emma",
-    version="0.1.0",
+    version="0.2.0",
     description="EMMA multi-modality medical image fusion (MRI with CT, PET, SPECT) for MONAI",
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
@@ -17,26 +37,30 @@ setup(
     packages=find_packages(include=["monai_emma", "monai_emma.*"]),
     include_package_data=True,
     package_data={"monai_emma": ["weights/*.pt", "weights/*.json"]},
+    cmdclass={"build_py": BuildWithBundleModels},
     install_requires=[
         "torch>=2.4",
         "monai[nibabel,pydicom,ignite,fire]>=1.4",
         "nibabel>=5.0",
         "pydicom>=2.4",
-        "ray[train]>=2.40",
-        "mlflow>=3.0",
         "numpy>=1.24",
         "pillow>=10.0",
-        "scikit-image>=0.22",
         "PyWavelets>=1.5",
-        "scikit-learn>=1.3",
         "tqdm>=4.60",
-        "psutil>=5.9",  # MLflow system metrics in the Ray pipeline
         "opencv-python-headless>=4.8",
     ],
     extras_require={
-        "dev": [
+        "tracking": TRACKING,
+        "distributed": DISTRIBUTED,
+        "all": TRACKING + DISTRIBUTED,
+        "dev": TRACKING
+        + DISTRIBUTED
+        + [
             "pytest>=8",
             "ruff>=0.5",
+            # the literature's reference evaluator, timed by benchmarks/bench_metrics.py
+            "scikit-image>=0.22",
+            "scikit-learn>=1.3",
         ],
     },
     entry_points={"console_scripts": ["monai-emma=monai_emma.cli:main"]},

@@ -34,9 +34,9 @@ def _rss_mb(key: str) -> float:
 
 
 def bench(recipe_name: str, device: torch.device, batch_size: int | None, repeats: int) -> dict:
-    from monai_emma.engines import FuserStep, SensorBank, recipe
+    from monai_emma.engines import FuserStep, recipe
     from monai_emma.losses import EMMALoss
-    from monai_emma.networks import UFuser
+    from monai_emma.networks import SensorBank, UFuser
     from monai_emma.transforms import TransformGroup
 
     cfg = recipe(recipe_name)

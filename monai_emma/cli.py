@@ -33,9 +33,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
+    from monai_emma.model_source import ModelSourceError, resolve_fuser
+
     try:
-        net = UFuser.pretrained()
-    except FileNotFoundError as err:
+        net, _ = resolve_fuser()
+    except ModelSourceError as err:
         print(f"note: {err}; fusing with an untrained network")
         net = UFuser().eval()
     rows = []
@@ -65,7 +67,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from monai_emma.engines.config import parse_overrides
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("ignite.engine.engine.SupervisedTrainer", "monai.data.nvimgcodec_pydicom_plugin"):
+    for noisy in (
+        "ignite.engine.engine.EMMATrainer",
+        "ignite.engine.engine.Evaluator",
+        "monai.data.nvimgcodec_pydicom_plugin",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     name = args.recipe or ("paper" if args.device.startswith("cuda") else "cpu")
     settings = dict(
@@ -430,9 +436,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help()
         return 1
+    from monai_emma.extras import MissingExtraError
+
     try:
         return func(args)
-    except CLIError as err:
+    except (CLIError, MissingExtraError) as err:
         if args.debug:
             raise
         print(f"monai-emma: error: {err}", file=sys.stderr)

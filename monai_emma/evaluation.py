@@ -271,7 +271,9 @@ def evaluate(
 
 
 def _log_mlflow(result: EvaluationResult, uri: str, root, methods) -> None:
-    import mlflow
+    from monai_emma.extras import require
+
+    mlflow = require("mlflow", "logging the evaluation to MLflow")
 
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment("emma-evaluate")

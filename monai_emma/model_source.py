@@ -1,7 +1,8 @@
-"""Where a fusion model comes from: shipped weights, a state-dict file, a bundle or an MLflow registry.
+"""Where a fusion model comes from: shipped weights, a state-dict file (ours or the official
+``EMMA.pth``), a bundle or an MLflow registry.
 
-:func:`resolve_fuser` is the single entry point used by ``monai-emma fuse``, ``fuse-folder``
-and :func:`monai_emma.fusion.fuse_volumes`.
+:func:`resolve_fuser` is the one resolver: ``monai-emma fuse``, ``fuse-folder``, ``evaluate``,
+:func:`monai_emma.fusion.fuse_volumes` and the bundle load their U-Fuser through it.
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from monai_emma.errors import first_line
 
-__all__ = ["ModelSourceError", "resolve_fuser", "load_state_dict_file", "read_state_dict", "scoped_tracking_uri"]
+__all__ = ["ModelSourceError", "resolve_fuser", "read_state_dict", "scoped_tracking_uri", "load_state_dict_file"]
 
 
 class ModelSourceError(ValueError):
@@ -46,7 +48,7 @@ def read_state_dict(path: str | os.PathLike, map_location: str | torch.device = 
     return state
 
 
-def load_state_dict_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> torch.nn.Module:
+def _from_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> torch.nn.Module:
     """A U-Fuser from a file holding its state dict, a training checkpoint (``{"network": …}``) or
     an official EMMA checkpoint (``EMMA.pth``), in eval mode."""
     from monai_emma.networks import UFuser
@@ -63,13 +65,21 @@ def load_state_dict_file(path: str | os.PathLike, map_location: str | torch.devi
     return net.eval()
 
 
+def load_state_dict_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> torch.nn.Module:
+    """Deprecated: use ``resolve_fuser(weights=path)[0]``."""
+    import warnings
+
+    warnings.warn("load_state_dict_file is deprecated; use resolve_fuser(weights=path)", DeprecationWarning, 2)
+    return resolve_fuser(weights=path, map_location=map_location)[0]
+
+
 def _from_bundle(bundle: Path, map_location) -> torch.nn.Module:
     model = bundle / "models" / "model.pt"
     if not bundle.is_dir():
         raise ModelSourceError(f"{bundle}: no such bundle folder")
     if not model.is_file():
         raise ModelSourceError(f"{bundle}: not an EMMA bundle (no models/model.pt)")
-    return load_state_dict_file(model, map_location)
+    return _from_file(model, map_location)
 
 
 @contextlib.contextmanager
@@ -77,7 +87,9 @@ def scoped_tracking_uri(tracking_uri: str | None) -> Iterator[None]:
     """Use ``tracking_uri`` inside the block only. ``mlflow.set_tracking_uri`` also sets the
     ``MLFLOW_TRACKING_URI`` variable, which later MLflow users in the process (MONAI's
     ``MLFlowHandler`` among them) prefer over their own arguments; both are restored."""
-    import mlflow
+    from monai_emma.extras import require
+
+    mlflow = require("mlflow", "an MLflow tracking URI")
 
     if not tracking_uri:
         yield
@@ -96,8 +108,10 @@ def scoped_tracking_uri(tracking_uri: str | None) -> Iterator[None]:
 
 
 def _from_mlflow(uri: str, tracking_uri: str | None, map_location) -> torch.nn.Module:
+    from monai_emma.extras import require
+
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    import mlflow
+    mlflow = require("mlflow", f"loading {uri}")
 
     with scoped_tracking_uri(tracking_uri):
         try:
@@ -111,56 +125,58 @@ def _from_mlflow(uri: str, tracking_uri: str | None, map_location) -> torch.nn.M
 
 
 def resolve_fuser(
-    weights: str | os.PathLike | None = None,
+    weights: Any = None,
     bundle: str | os.PathLike | None = None,
     model_uri: str | None = None,
     tracking_uri: str | None = None,
-    weight_set: str = "default",
     map_location: str | torch.device = "cpu",
 ) -> tuple[torch.nn.Module, str]:
-    """The fusion network to use, and a short description of where it came from.
+    """The fusion network to use (eval mode), and a short description of where it came from.
 
-    At most one source may be given; with none, the package's shipped weights (``weight_set``).
+    At most one source may be given; with none, the shipped default weights.
 
     Args:
-        weights: a state-dict or checkpoint file, or the name of a shipped set (``"v1"``) when no
-            such file exists.
+        weights: a :class:`~monai_emma.weights.UFuserWeights` member, the name of a shipped set
+            (``"v1"``, ``"default"``) when no file of that name exists, or a state-dict /
+            checkpoint / official ``EMMA.pth`` file.
         bundle: an EMMA MONAI bundle folder (``models/model.pt``).
         model_uri: an MLflow model URI, e.g. ``models:/emma-ufuser@candidate``.
         tracking_uri: the MLflow tracking URI for ``model_uri`` (default: MLflow's own default,
             ``MLFLOW_TRACKING_URI`` if set).
-        weight_set: which shipped set to use when no source is given.
         map_location: device for the weights.
 
     Raises:
-        ModelSourceError: conflicting or unusable sources.
+        ModelSourceError: conflicting or unusable sources (one line naming the source).
     """
+    from monai_emma.networks import ufuser
+    from monai_emma.weights import UFuserWeights, get_weights
+
     sources = (("--weights", weights), ("--bundle", bundle), ("--model-uri", model_uri))
-    given = [name for name, value in sources if value]
+    given = [name for name, value in sources if value is not None and value != ""]
     if len(given) > 1:
         raise ModelSourceError(f"choose one model source, not {' and '.join(given)}")
-    if weights:
-        if not Path(weights).exists() and _is_weight_set(str(weights)):
-            weight_set = str(weights)  # a shipped set by name, e.g. --weights v1
-        else:
-            return load_state_dict_file(weights, map_location), f"weights {weights}"
     if bundle:
         return _from_bundle(Path(bundle), map_location), f"bundle {bundle}"
     if model_uri:
         return _from_mlflow(model_uri, tracking_uri, map_location), f"MLflow model {model_uri}"
-    from monai_emma.weights import load_ufuser, resolve_set
-
+    member = None
+    if weights is None or weights == "":
+        member = "default"
+    elif isinstance(weights, UFuserWeights):
+        member = weights
+    elif not Path(weights).exists() and _is_weight_set(str(weights)):
+        member = str(weights)  # a shipped set by name, e.g. --weights v1
+    if member is None:
+        return _from_file(weights, map_location), f"weights {weights}"
     try:
-        real = resolve_set(weight_set)
-        return load_ufuser(real, map_location), f"shipped weights '{real}'"
+        member = get_weights(member)
+        net = ufuser(weights=member)
     except (FileNotFoundError, KeyError) as err:
         raise ModelSourceError(err.args[0] if err.args else str(err)) from err
+    return net.to(map_location), f"shipped weights '{member.set_name}'"
 
 
 def _is_weight_set(name: str) -> bool:
-    from monai_emma.weights import DEFAULT, weight_sets
+    from monai_emma.weights import UFuserWeights
 
-    try:
-        return name == DEFAULT or name in weight_sets()
-    except FileNotFoundError:
-        return False
+    return name.upper() in UFuserWeights.__members__

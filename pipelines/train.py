@@ -53,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from monai_emma.data.pairs import PairDataError
     from monai_emma.engines.config import parse_overrides
+    from monai_emma.extras import MissingExtraError
     from monai_emma.pipeline import PipelineOptions, run_pipeline
 
     try:
@@ -83,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         result = run_pipeline(opts)
-    except (PairDataError, ValueError) as err:
+    except (PairDataError, ValueError, MissingExtraError) as err:
         print(f"pipelines/train.py: error: {err}", file=sys.stderr)
         return 2
     print(f"registered {result.model_uri} (alias {opts.alias}) in {result.tracking_uri}")

@@ -1,7 +1,7 @@
 """Where does a fusion hide the dimmer source? Partial correlations and a picture.
 
     python scripts/dimmer_source.py ../shared/data/harvard ../shared/data/aanlib --split RUN/split.json \\
-        --model v2=RUN/stage2_fuser/ufuser.pt --model v1=monai_emma/weights/emma_ufuser_default.pt \\
+        --model v2=RUN/stage2_fuser/ufuser.pt --model v1=v1 \\
         --output docs/images/dimmer_source
 
 Over the pixels where one source is clearly dimmer than the other (by ``--margin`` grey levels,
@@ -70,12 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     from monai_emma.fuse2d import fuse_slice_pair, network_fuser
     from monai_emma.io.png import save_montage
     from monai_emma.metrics import read_gray
-    from monai_emma.weights import load_ufuser_file
+    from monai_emma.model_source import resolve_fuser
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("roots", nargs="+")
     p.add_argument("--split", help="score the validation pairs of this split.json only")
-    p.add_argument("--model", action="append", default=[], metavar="LABEL=WEIGHTS", help="U-Fuser weights to compare")
+    p.add_argument(
+        "--model", action="append", default=[], metavar="LABEL=WEIGHTS", help="U-Fuser file or shipped set to compare"
+    )
     p.add_argument("--rules", default="max,mean,laplacian", help="classical rules to compare")
     p.add_argument("--margin", type=float, default=25.0, help="grey levels by which a source must be dimmer")
     p.add_argument("--crop", type=int, default=96)
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     models = {}
     for item in args.model:
         label, _, path = item.partition("=")
-        models[label] = network_fuser(load_ufuser_file(path))
+        models[label] = network_fuser(resolve_fuser(weights=path)[0])
     rules = [r for r in args.rules.split(",") if r]
     methods = list(models) + rules
     scores: dict[str, dict[str, dict[str, list[float]]]] = {}

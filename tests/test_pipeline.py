@@ -27,25 +27,59 @@ def _attempts(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_two_workers_both_stages_failure_resume_register_and_rerun(
-    ray_env, phantom_root, second_root, tmp_path, monkeypatch
-):
+def _fail_once(marker, epoch: int):
+    """An ignite handler for the workers: the last rank raises once when ``epoch`` starts.
+
+    Defined inside a function so that Ray (cloudpickle) ships the class by value to its workers."""
+
+    class FailOnce:
+        def attach(self, engine):
+            from ignite.engine import Events
+
+            engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+        def __call__(self, engine):
+            import time
+
+            import ray.train
+
+            last = ray.train.get_context().get_world_size() - 1
+            if engine.state.epoch != epoch or ray.train.get_context().get_world_rank() != last or marker.exists():
+                return
+            marker.write_text(f"failed once at epoch {epoch}\n")
+            # a real crash comes mid-epoch: give the controller time to register the previous
+            # epoch's checkpoint first (raising at once races with that registration)
+            time.sleep(5)
+            raise RuntimeError(f"injected failure at epoch {epoch}")
+
+    return FailOnce()
+
+
+def test_two_workers_both_stages_failure_resume_register_and_rerun(ray_env, phantom_root, second_root, tmp_path):
     import mlflow
 
     from monai_emma.cli import main as cli
-    from monai_emma.pipeline import FAIL_ENV, PipelineOptions, run_pipeline
+    from monai_emma.pipeline import PipelineOptions, run_pipeline
     from pipelines.train import main as pipeline_main
 
     run_root = tmp_path / "runs"
-    monkeypatch.setenv(FAIL_ENV, "sensors:2")  # the last worker raises once when sensor epoch 2 starts
+    marker = tmp_path / "failed-once"
     roots = [str(phantom_root), str(second_root)]  # two data roots trained together
-    args = ["--data", roots[0], "--data", roots[1], "--num-workers", "2", "--sensor-epochs", "2", "--fuser-epochs", "1"]
-    args += ["--run-root", str(run_root), "--name", "t1"] + [f"--override={k}={v}" for k, v in SMALL.items()]
-    assert pipeline_main(args) == 0
+    opts = PipelineOptions(
+        data=roots,
+        num_workers=2,
+        sensor_epochs=2,
+        fuser_epochs=1,
+        run_root=str(run_root),
+        name="t1",
+        overrides=SMALL,
+        worker_handlers={"sensors": [_fail_once(marker, epoch=2)]},  # the last worker raises once
+    )
+    first = run_pipeline(opts)
     attempts = _attempts(run_root / "t1-attempts.jsonl")
     sensors0 = [a["start_epoch"] for a in attempts if a["stage"] == "sensors" and a["rank"] == 0]
     assert sensors0 == [0, 1]  # restarted by Ray and resumed from the epoch-1 checkpoint, not from 0
-    assert (run_root / ".t1-failed").is_file()
+    assert marker.is_file()
 
     uri = f"sqlite:///{run_root / 'mlflow.db'}"
     client = mlflow.MlflowClient(uri)
@@ -101,13 +135,12 @@ def test_two_workers_both_stages_failure_resume_register_and_rerun(
     assert cli(["fuse", str(a), str(b), "-o", str(out_ckpt), "--weights", os.path.join(ckpt, "ufuser.pt")]) == 0
     assert out_uri.read_bytes() == out_ckpt.read_bytes()
 
-    # the same name again: nothing retrained, no duplicated runs, no new model version
-    monkeypatch.delenv(FAIL_ENV)
-    opts = PipelineOptions(
-        data=roots, name="t1", run_root=str(run_root), sensor_epochs=2, fuser_epochs=1, overrides=SMALL
-    )
-    result = run_pipeline(opts)
-    assert result.model_version == str(version.version)
+    # the same name again, from the command line: nothing retrained, no duplicated runs, no new version
+    args = ["--data", roots[0], "--data", roots[1], "--num-workers", "2", "--sensor-epochs", "2", "--fuser-epochs", "1"]
+    args += ["--run-root", str(run_root), "--name", "t1"] + [f"--override={k}={v}" for k, v in SMALL.items()]
+    assert pipeline_main(args) == 0
+    assert first.model_version == str(version.version)
+    assert len(client.search_model_versions("name='emma-ufuser'")) == 1
     assert len(client.search_runs([exp.experiment_id])) == 3
     assert len(_attempts(run_root / "t1-attempts.jsonl")) == len(attempts)
     folder = run_root / "t1"  # mirrored in monai-emma train's layout

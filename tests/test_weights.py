@@ -1,8 +1,9 @@
-"""The shipped weights: every named set loads, the default is one of them, and its record (package
-and bundle) is complete and agrees."""
+"""The shipped weights: typed members load and fuse, ``DEFAULT`` is one of them, and the record
+(package and bundle) is complete and agrees. One copy of every file in the repository."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -10,71 +11,92 @@ import pytest
 import torch
 
 from monai_emma.model_source import ModelSourceError, resolve_fuser
-from monai_emma.networks import UFuser
-from monai_emma.weights import (
-    WEIGHTS_DIR,
-    load_sensors,
-    load_ufuser,
-    resolve_set,
-    set_record,
-    weight_sets,
-    weights_info,
-    weights_path,
-)
+from monai_emma.networks import SensorBank, UFuser, pseudo_sensors, ufuser
+from monai_emma.weights import SensorWeights, UFuserWeights, bundle_models_dir, get_weights, weights_info
 
-BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "emma"
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles" / "emma"
 
 
-def test_every_weight_set_loads_and_fuses():
-    assert "v1" in weight_sets()  # the first shipped set stays loadable by its name
-    for name in weight_sets():
-        net = load_ufuser(name)
+def test_every_member_loads_and_fuses():
+    assert "V1" in UFuserWeights.__members__  # the first shipped set stays loadable by its name
+    for member in UFuserWeights:  # aliases (DEFAULT) are not repeated by iteration
+        net = ufuser(weights=member)
         assert isinstance(net, UFuser) and not net.training
         x = torch.rand(1, 2, 32, 32)
         with torch.no_grad():
             y = net(x)
         assert y.shape == (1, 1, 32, 32) and torch.isfinite(y).all() and 0 <= y.min() <= y.max() <= 1
-        bank = load_sensors(name)
-        assert {"mri", "ct", "pet", "spect"} <= set(bank.modalities)
+        bank = pseudo_sensors(weights=get_weights(member, "sensors"))
+        assert isinstance(bank, SensorBank) and {"mri", "ct", "pet", "spect"} <= set(bank.modalities)
+        assert not any(p.requires_grad for p in bank.parameters())
+    assert not ufuser().training and isinstance(pseudo_sensors(), SensorBank)  # weights=None: random init
 
 
-def test_default_is_an_alias_of_a_named_set():
+def test_default_alias_meta_and_transforms():
     info = weights_info()
-    assert info["default"] in info["sets"] and resolve_set() == info["default"]
-    assert weights_path("default") == weights_path(info["default"])
-    with pytest.raises(KeyError, match=r"unknown weight set 'v0'; shipped: .*\(default\)"):
-        resolve_set("v0")
-    # the CLI's --weights takes a set name when no such file exists
-    net, source = resolve_fuser(weights="v1")
-    assert source == "shipped weights 'v1'"
-    ref = load_ufuser("v1")
-    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), ref.state_dict().values()))
+    assert UFuserWeights.DEFAULT is UFuserWeights[info["default"].upper()]
+    assert SensorWeights.DEFAULT.set_name == info["default"]
+    meta = UFuserWeights.DEFAULT.meta
+    assert meta["version"] == info["default"] and meta["num_params"] == sum(p.numel() for p in UFuser().parameters())
+    for key in ("recipe", "data", "command", "hardware", "val_pairs", "config"):
+        assert meta[key], key
+    assert SensorWeights.DEFAULT.meta["num_params"] > 0
+    scale = UFuserWeights.DEFAULT.transforms["ct"]
+    out = scale(torch.tensor([[[-1000.0, 100.0, 3000.0]]]))  # HU: air, parenchyma, bone
+    assert float(out.min()) == 0.0 and float(out.max()) == 1.0 and 0 < float(out[0, 0, 1]) < 1
+    assert set(UFuserWeights.DEFAULT.transforms) >= {"mri", "ct", "pet", "spect"}
+
+
+def test_the_one_resolver_takes_members_names_and_files(tmp_path):
+    ref = ufuser(weights=UFuserWeights.V1)
+    for source in (UFuserWeights.V1, "v1", "V1"):
+        net, where = resolve_fuser(weights=source)
+        assert where == "shipped weights 'v1'"
+        assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), ref.state_dict().values()))
+    net, where = resolve_fuser()
+    assert where == f"shipped weights '{weights_info()['default']}'"
+    path = tmp_path / "w.pt"
+    torch.save(ref.state_dict(), path)
+    assert resolve_fuser(weights=path)[1] == f"weights {path}"
     with pytest.raises(ModelSourceError, match="no such weights file"):
         resolve_fuser(weights="v0")
+    with pytest.raises(KeyError, match=r"unknown weight set 'v0'; shipped: .*default"):
+        get_weights("v0")
 
 
-@pytest.mark.parametrize("name", ["v1", "default"])
-def test_record_says_how_the_weights_were_trained(name):
-    record = set_record(name)
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_one_copy_of_each_file_and_a_self_contained_bundle():
+    models = BUNDLE / "models"
+    for f in models.iterdir():
+        assert not f.is_symlink(), f"{f} is a link: a copied bundle would have no weights"
+    assert bundle_models_dir() == models  # this checkout (an installed wheel carries its own copy)
+    assert UFuserWeights.DEFAULT.path == models / "model.pt" and SensorWeights.DEFAULT.path == models / "sensors.pt"
+    assert sum(f.stat().st_size for f in models.glob("*.pt")) < 20 * 2**20
+    files = [p for p in REPO.rglob("*.pt") if ".git" not in p.parts and "emma-runs" not in p.parts]
+    digests = [_sha(p) for p in files]
+    assert len(digests) == len(set(digests)), "a weights file is in the repository twice"
+
+
+@pytest.mark.parametrize("member", list(UFuserWeights.__members__))
+def test_record_says_how_the_weights_were_trained(member):
+    record = UFuserWeights[member].meta
     cfg = record["config"]
-    for key in ("data", "recipe", "command", "hardware", "torch", "val_pairs"):
-        assert record[key], key
     assert isinstance(cfg["seed"], int)
     for stage, section in (("sensors", "sensor"), ("fuser", "fuser")):
         assert record["stages"][stage]["epochs"] == cfg[section]["epochs"]
         assert record["stages"][stage]["wall_minutes"] > 0
 
 
-def test_bundle_links_to_the_default_set_and_records_it():
-    record = set_record("default")
-    # one copy in the repository: the bundle's models are links to the package's files
-    for link, kind in (("model.pt", "ufuser"), ("sensors.pt", "sensors")):
-        target = (BUNDLE / "models" / link).resolve()
-        assert target == (WEIGHTS_DIR / record[kind]).resolve()
+def test_bundle_metadata_records_the_default():
     meta = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
+    record = UFuserWeights.DEFAULT.meta
     assert meta["version"] in meta["changelog"]
     shipped = meta["shipped_weights"]
-    assert shipped["set"] == resolve_set("default")
+    assert shipped["set"] == record["version"]
     assert shipped["command"] == record["command"]
     assert shipped["seed"] == record["config"]["seed"]
     assert shipped["fuser_epochs"] == record["stages"]["fuser"]["epochs"]

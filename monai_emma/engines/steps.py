@@ -17,75 +17,16 @@ from torch import nn
 
 from monai_emma.baselines import mix_rules
 from monai_emma.losses import EMMALoss
-from monai_emma.networks import PseudoSensor
+from monai_emma.networks.sensor_bank import IDENTITY_SENSORS, SensorBank, route
 from monai_emma.transforms.equivariance import TransformGroup
 
-__all__ = ["IDENTITY_SENSORS", "SensorBank", "SensorStep", "FuserStep", "route", "step_seed"]
+__all__ = ["SensorStep", "FuserStep", "step_seed", "IDENTITY_SENSORS", "SensorBank", "route"]
 
 
 def step_seed(seed: int, iteration: int) -> int:
     """Seed of the randomness inside one step: a function of the run seed and the global
     iteration only, so a resumed run repeats the uninterrupted run exactly."""
     return (int(seed) * 1_000_003 + int(iteration)) % (2**31 - 1)
-
-
-def route(modules: Mapping[str, nn.Module], x: torch.Tensor, modalities: Sequence[str]) -> torch.Tensor:
-    """Apply ``modules[m]`` to the samples of ``x`` whose modality is ``m`` (differentiable).
-
-    Args:
-        modules: one network per modality name.
-        x: (N, C, H, W).
-        modalities: N modality names.
-    """
-    if len(modalities) != x.shape[0]:
-        raise ValueError(f"{len(modalities)} modality labels for a batch of {x.shape[0]}")
-    names = list(dict.fromkeys(modalities))
-    if len(names) == 1:
-        return modules[names[0]](x)
-    out = None
-    for name in names:
-        idx = torch.tensor([i for i, m in enumerate(modalities) if m == name], device=x.device)
-        y = modules[name](x.index_select(0, idx))
-        if out is None:
-            out = x.new_zeros((x.shape[0], *y.shape[1:]))
-        out = out.index_copy(0, idx, y)
-    return out
-
-
-#: ``sensor_preset`` of the no-pseudo-sensing ablation.
-IDENTITY_SENSORS = "identity"
-
-
-class SensorBank(nn.Module):
-    """One pseudo-sensor per modality name (``"mri"``, ``"ct"``, ``"pet"``, ...).
-
-    Args:
-        modalities: modality names.
-        preset: :class:`~monai_emma.networks.PseudoSensor` preset, or ``"identity"``: every sensor
-            returns the fused image unchanged (the "without pseudo-sensing" ablation; nothing to train).
-        **kwargs: further ``PseudoSensor`` arguments.
-    """
-
-    def __init__(self, modalities: Sequence[str], preset: str = "lite", **kwargs: Any) -> None:
-        super().__init__()
-        names = sorted(set(modalities))
-        if preset == IDENTITY_SENSORS:
-            self.sensors = nn.ModuleDict({m: nn.Identity() for m in names})
-        else:
-            self.sensors = nn.ModuleDict({m: PseudoSensor(preset=preset, **kwargs) for m in names})
-
-    @property
-    def modalities(self) -> list[str]:
-        return list(self.sensors.keys())
-
-    def forward(self, x: torch.Tensor, modalities: Sequence[str]) -> torch.Tensor:
-        return route(self.sensors, x, modalities)
-
-    def freeze(self) -> SensorBank:
-        """Eval mode and no parameter gradients (stage 2)."""
-        self.eval()
-        self.requires_grad_(False)
-        return self
 
 
 def _labels(batch: Mapping, key: str, n: int) -> list[str]:

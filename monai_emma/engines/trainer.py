@@ -1,9 +1,11 @@
-"""One training engine for both EMMA stages, on MONAI's ``SupervisedTrainer`` (ignite).
+"""One training engine for both EMMA stages, on MONAI's ``Trainer`` (ignite).
 
-``build_stage_trainer`` wires a step (:mod:`monai_emma.engines.steps`) into a MONAI trainer with
-Adam, StepLR, per-epoch checkpoints (resumable), validation with best-model saving, a CSV history
-and a progress bar. ``monai-emma train``, the MONAI bundle and the Ray Train workers all build
-their trainers here; distributed runs pass ``rank``/``world_size`` (and a DDP-wrapped network).
+:class:`EMMATrainer` runs a step of :mod:`monai_emma.engines.steps` (which computes EMMA's own
+losses: there is no loss function to pass). :func:`build_stage_trainer` wires it with Adam, the
+learning-rate schedule, per-epoch checkpoints (resumable), validation by a MONAI evaluator through
+MONAI's ``ValidationHandler`` with best-model saving, a CSV history and a progress bar.
+``monai-emma train``, the MONAI bundle and the Ray Train workers all build their trainers here;
+distributed runs pass ``rank``/``world_size`` (and a DDP-wrapped network).
 """
 
 from __future__ import annotations
@@ -20,13 +22,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from monai.engines import Trainer
 from torch.utils.data import DataLoader, DistributedSampler
 
 from monai_emma.data.pairs import PairedPatchDataset
 from monai_emma.engines.config import StageConfig, TrainConfig
+from monai_emma.engines.stages import Stage, get_stage
 from monai_emma.io.atomic import atomic_path
 
 __all__ = [
+    "EMMATrainer",
     "StageResult",
     "build_stage_trainer",
     "make_loader",
@@ -46,6 +51,45 @@ class StageResult:
     weights: Path
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+
+
+class EMMATrainer(Trainer):
+    """A MONAI ``Trainer`` whose iteration is an EMMA step.
+
+    The step (``step(engine, batch) -> dict``) computes the stage's losses, back-propagates and
+    steps ``engine.optimizer``; it reads ``engine.network``, ``engine.optimizer``, ``engine.amp``
+    and ``engine.scaler``. The output is one dict of scalar tensors (not decollated).
+
+    Args:
+        device: where the step runs.
+        max_epochs: epochs to train.
+        train_data_loader: batches of patches.
+        network: the network being trained (possibly DDP-wrapped).
+        optimizer: its optimiser.
+        step: the iteration (:class:`~monai_emma.engines.steps.SensorStep` or ``FuserStep``).
+        amp: mixed precision on CUDA.
+    """
+
+    def __init__(
+        self,
+        device: torch.device | str,
+        max_epochs: int,
+        train_data_loader: DataLoader,
+        network: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        step: Callable[[Any, Any], dict],
+        amp: bool = False,
+    ) -> None:
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            data_loader=train_data_loader,
+            iteration_update=step,
+            amp=amp,
+            decollate=False,
+        )
+        self.network = network
+        self.optimizer = optimizer
 
 
 def save_state(state: dict, path: str | os.PathLike) -> Path:
@@ -87,39 +131,39 @@ def make_loader(
 
 
 class EpochEnd:
-    """Per-epoch bookkeeping: validation, best-model saving, history CSV.
+    """Per-epoch bookkeeping after validation: training averages, best-model saving, history CSV.
 
     Args:
-        stage: ``"sensors"`` or ``"fuser"`` (file names).
+        stage: the :class:`~monai_emma.engines.stages.Stage` (file names).
         out_dir: the stage's folder.
-        validate: ``fn(network) -> dict[str, float]`` (lower ``key_metric`` is better) or None.
+        validator: the MONAI evaluator run by the ``ValidationHandler`` (its ``state.metrics``
+            hold ``val_loss``, lower is better, and any fusion metrics), or None.
         export: ``fn(network) -> dict`` state to save as the best/final weights.
-        key_metric: the validation value that selects the best model.
         is_main: only the main rank writes files.
     """
 
+    key_metric = "val_loss"
+
     def __init__(
         self,
-        stage: str,
+        stage: Stage,
         out_dir: Path,
-        validate: Callable[[torch.nn.Module], dict[str, float]] | None,
+        validator: Any | None,
         export: Callable[[torch.nn.Module], dict],
-        key_metric: str = "val_loss",
         is_main: bool = True,
     ) -> None:
         self.stage, self.out_dir = stage, out_dir
-        self.validate, self.export = validate, export
-        self.key_metric = key_metric
+        self.validator, self.export = validator, export
         self.is_main = is_main
         self.history: list[dict[str, float]] = []
         self._sums: dict[str, float] = {}
         self._count = 0
         self._t0 = time.perf_counter()
         self.best = float("inf")
-        best_file = out_dir / f"best_{stage}.json"
+        best_file = out_dir / stage.best_record
         if best_file.exists():
             self.best = json.loads(best_file.read_text())["value"]
-        hist = out_dir / f"history_{stage}.csv"
+        hist = out_dir / stage.history_file
         if hist.exists():
             with hist.open() as f:
                 self.history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
@@ -143,53 +187,68 @@ class EpochEnd:
                 self._sums[key] = self._sums.get(key, 0.0) + float(value)
         self._count += 1
 
+    def _validation(self) -> dict[str, float]:
+        if self.validator is None:
+            return {}
+        out = {}
+        for name, value in self.validator.state.metrics.items():
+            if isinstance(value, int | float) or (isinstance(value, torch.Tensor) and value.numel() == 1):
+                out[name if name.startswith("val_") else f"val_{name}"] = float(value)
+        return out
+
     def epoch_completed(self, engine: Any) -> None:
         row: dict[str, float] = {"epoch": float(engine.state.epoch)}
         row.update({f"train_{k}": v / max(self._count, 1) for k, v in self._sums.items()})
         row["lr"] = float(engine.optimizer.param_groups[0]["lr"])
         row["seconds"] = time.perf_counter() - self._t0
-        network = engine.network.module if hasattr(engine.network, "module") else engine.network
-        if self.validate is not None:
-            row.update(self.validate(network))
+        row.update(self._validation())
         # trackers (MONAI's MLFlowHandler, attached after this handler) log engine.state.metrics
         engine.state.metrics.update({k: v for k, v in row.items() if k not in ("epoch", "seconds")})
         self.history.append(row)
         if not self.is_main:
             return
+        network = engine.network.module if hasattr(engine.network, "module") else engine.network
         value = row.get(self.key_metric, row.get("train_total", float("inf")))
         if value < self.best:
             self.best = value
-            save_state(self.export(network), self.out_dir / f"best_{self.stage}.pt")
-            (self.out_dir / f"best_{self.stage}.json").write_text(
+            save_state(self.export(network), self.out_dir / self.stage.best_file)
+            (self.out_dir / self.stage.best_record).write_text(
                 json.dumps({"epoch": row["epoch"], "metric": self.key_metric, "value": value})
             )
-        with atomic_path(self.out_dir / f"history_{self.stage}.csv") as tmp:
+        with atomic_path(self.out_dir / self.stage.history_file) as tmp:
             keys = list(dict.fromkeys(k for r in self.history for k in r))
             with tmp.open("w", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=keys)
                 writer.writeheader()
                 writer.writerows(self.history)
-        logger.info("%s epoch %d: %s", self.stage, engine.state.epoch, {k: round(v, 5) for k, v in row.items()})
+        logger.info("%s epoch %d: %s", self.stage.name, engine.state.epoch, {k: round(v, 5) for k, v in row.items()})
 
 
 def _as_decollated(transform: Callable) -> Callable:
     return lambda output: transform([output] if isinstance(output, dict) else output)
 
 
-def _flat_params(cfg: dict[str, Any], stage: str, stage_cfg: StageConfig) -> dict[str, Any]:
+def _flat_params(cfg: dict[str, Any], stage: str | Stage, stage_cfg: StageConfig) -> dict[str, Any]:
     """The run configuration as flat MLflow parameters (this stage's settings without a prefix)."""
-    flat: dict[str, Any] = {"stage": stage}
+    stage = get_stage(stage)
+    flat: dict[str, Any] = {"stage": stage.name}
     for key, value in cfg.items():
         if key in ("sensor", "fuser"):
-            if key == ("sensor" if stage == "sensors" else "fuser"):
+            if key == stage.settings_key:
                 flat.update({k: v for k, v in value.items()})
         elif key != "extra":
             flat[key] = ",".join(map(str, value)) if isinstance(value, list | tuple) else value
     return flat
 
 
+def _scheduler(optimizer: torch.optim.Optimizer, stage_cfg: StageConfig):
+    if stage_cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(stage_cfg.epochs, 1))
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=stage_cfg.lr_step, gamma=stage_cfg.lr_gamma)
+
+
 def build_stage_trainer(
-    stage: str,
+    stage: str | Stage,
     network: torch.nn.Module,
     step: Callable,
     dataset: PairedPatchDataset,
@@ -197,35 +256,35 @@ def build_stage_trainer(
     config: TrainConfig,
     out_dir: str | os.PathLike,
     device: torch.device,
-    validate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
+    validator: Any | None = None,
     export: Callable[[torch.nn.Module], dict] | None = None,
     resume: bool = True,
     rank: int = 0,
     world_size: int = 1,
     progress: bool = True,
     extra_handlers: Sequence[Any] = (),
-    loss_function: Callable | None = None,
     final_file: str | None = None,
 ):
-    """A MONAI ``SupervisedTrainer`` running ``step`` for ``stage_cfg.epochs`` epochs.
+    """An :class:`EMMATrainer` running ``step`` for ``stage_cfg.epochs`` epochs.
 
-    Handlers: the learning-rate schedule (StepLR, or cosine decay), a per-epoch checkpoint of
-    network, optimiser, scheduler and trainer state (``<stage>_checkpoint_epoch=<n>.pt``; resumed
-    automatically when ``resume``), validation with best-model saving and a CSV history
-    (:class:`EpochEnd`), and a tqdm progress bar.
+    Handlers, in order: the learning-rate schedule (StepLR, or cosine decay); a per-epoch
+    checkpoint of network, optimiser, scheduler and trainer state
+    (``<stage>_checkpoint_epoch=<n>.pt``; resumed automatically when ``resume``); MONAI's
+    ``ValidationHandler`` running ``validator`` (a MONAI evaluator, main rank only) every epoch;
+    best-model saving and a CSV history (:class:`EpochEnd`); ``extra_handlers``; a progress bar.
 
     ``extra_handlers`` (e.g. MONAI's ``MLFlowHandler``, which a bundle's ``--tracking mlflow``
-    adds) are attached after the bookkeeping, so they see each epoch's training averages,
-    learning rate and validation values in ``engine.state.metrics``; an ``MLFlowHandler`` without
-    ``experiment_param`` gets the run's configuration as parameters. With ``final_file``, the
-    main rank saves the exported network there when training completes.
+    adds) see each epoch's training averages, learning rate and validation values in
+    ``engine.state.metrics``; an ``MLFlowHandler`` without ``experiment_param`` gets the run's
+    configuration as parameters. With ``final_file``, the main rank saves the exported network
+    there when training completes.
 
     Returns:
         (trainer, epoch_end): run with ``trainer.run()``; ``epoch_end.history`` holds the rows.
     """
-    from monai.engines import SupervisedTrainer
-    from monai.handlers import CheckpointLoader, CheckpointSaver, LrScheduleHandler
+    from monai.handlers import CheckpointLoader, CheckpointSaver, LrScheduleHandler, ValidationHandler
 
+    stage = get_stage(stage)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Denormal floats (tiny gradients, Adam's second moments) slow CPU arithmetic by an order of
@@ -235,34 +294,26 @@ def build_stage_trainer(
     loader = make_loader(dataset, stage_cfg.batch_size, config.seed, config.num_workers, rank, world_size)
     params = [p for p in network.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=stage_cfg.lr)
-    if stage_cfg.schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(stage_cfg.epochs, 1))
-    else:
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=stage_cfg.lr_step, gamma=stage_cfg.lr_gamma)
-    handlers: list[Any] = [LrScheduleHandler(scheduler, print_lr=False, epoch_level=True)]
-    trainer = SupervisedTrainer(
-        device=device,
-        max_epochs=stage_cfg.epochs,
-        train_data_loader=loader,
-        network=network,
-        optimizer=optimizer,
-        loss_function=loss_function or torch.nn.MSELoss(),
-        iteration_update=step,
-        amp=config.amp and device.type == "cuda",
-        train_handlers=handlers,
+    scheduler = _scheduler(optimizer, stage_cfg)
+    trainer = EMMATrainer(
+        device, stage_cfg.epochs, loader, network, optimizer, step, config.amp and device.type == "cuda"
     )
+    LrScheduleHandler(scheduler, print_lr=False, epoch_level=True).attach(trainer)
     save_dict = {"network": network, "optimizer": optimizer, "lr_scheduler": scheduler, "trainer": trainer}
-    latest = latest_checkpoint(out_dir, stage) if resume else None
+    latest = latest_checkpoint(out_dir, stage.checkpoint_prefix) if resume else None
     if latest is not None:
         CheckpointLoader(str(latest), save_dict, map_location=device).attach(trainer)
-        logger.info("resuming %s from %s", stage, latest)
+        logger.info("resuming %s from %s", stage.name, latest)
     # every rank builds the saver (ignite synchronises ranks while constructing it); rank 0 writes
-    CheckpointSaver(str(out_dir), save_dict, file_prefix=stage, save_interval=1, n_saved=1, epoch_level=True).attach(
-        trainer
-    )
+    CheckpointSaver(
+        str(out_dir), save_dict, file_prefix=stage.checkpoint_prefix, save_interval=1, n_saved=1, epoch_level=True
+    ).attach(trainer)
     export = export or (lambda net: net.state_dict())
     # with several ranks only the main one validates (the others would repeat the same work)
-    epoch_end = EpochEnd(stage, out_dir, validate if is_main else None, export, is_main=is_main)
+    validator = validator if is_main else None
+    if validator is not None:
+        ValidationHandler(interval=1, validator=validator, epoch_level=True).attach(trainer)
+    epoch_end = EpochEnd(stage, out_dir, validator, export, is_main=is_main)
     epoch_end.attach(trainer)
     if final_file is not None and is_main:
         from ignite.engine import Events
@@ -284,7 +335,7 @@ def build_stage_trainer(
     if progress and is_main:
         from ignite.handlers import ProgressBar
 
-        ProgressBar(persist=False, desc=stage).attach(
+        ProgressBar(persist=False, desc=stage.name).attach(
             trainer, output_transform=lambda out: {"loss": float(out["loss"])}
         )
     return trainer, epoch_end

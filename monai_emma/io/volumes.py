@@ -11,7 +11,6 @@ traceback (the original exception stays attached as ``__cause__``).
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import warnings
@@ -22,12 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from monai_emma.errors import first_line
+from monai_emma.transforms.io import quiet_monai_readers
 
 __all__ = ["Volume", "DicomSeries", "VolumeReadError", "read_volume", "list_dicom_series", "input_kind"]
-
-# MONAI 1.6 announces its optional nvImageCodec DICOM plugin on reader use; irrelevant here
-logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
-warnings.filterwarnings("ignore", message=".*NvImgCodecPydicomReader.*")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -220,7 +216,7 @@ def _read_dicom(path: Path, series_uid: str | Sequence[str] | None) -> Volume:
         source, reader = path, PydicomReader()
         modality, uid = "", ""
     try:
-        with warnings.catch_warnings():
+        with quiet_monai_readers(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             img = LoadImage(reader=reader, image_only=True, dtype=np.float32)(str(source))
     except Exception as err:
@@ -246,7 +242,8 @@ def _read_nifti(path: Path) -> Volume:
     from monai.transforms import LoadImage
 
     try:
-        img = LoadImage(reader="NibabelReader", image_only=True, dtype=np.float32)(str(path))
+        with quiet_monai_readers():
+            img = LoadImage(reader="NibabelReader", image_only=True, dtype=np.float32)(str(path))
     except Exception as err:
         raise VolumeReadError(f"{path}: not a readable NIfTI file ({first_line(err)})") from err
     array = np.asarray(img, np.float32)

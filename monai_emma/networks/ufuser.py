@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +14,14 @@ from torch import nn
 from monai_emma.networks.blocks import RestormerCNNBlock, reflect_conv, reflect_pad_cat
 from monai_emma.networks.official import load_official_state_dict, ufuser_key_from_official
 
-__all__ = ["UFuser"]
+__all__ = ["UFuser", "ufuser", "SupportsStateDict"]
+
+
+class SupportsStateDict(Protocol):
+    """Anything that hands out a state dict, e.g. a member of
+    :class:`monai_emma.weights.UFuserWeights` (the networks layer does not import the weights)."""
+
+    def get_state_dict(self, map_location: str | torch.device = "cpu") -> Mapping[str, Any]: ...
 
 
 class UFuser(nn.Module):
@@ -123,14 +130,6 @@ class UFuser(nn.Module):
         net.load_state_dict({ufuser_key_from_official(k): v for k, v in state.items()}, strict=True)
         return net
 
-    @classmethod
-    def pretrained(cls, name: str = "default", map_location: str | torch.device = "cpu") -> UFuser:
-        """The U-Fuser with the weights shipped in the package (see :mod:`monai_emma.weights`),
-        in eval mode."""
-        from monai_emma.weights import load_ufuser
-
-        return load_ufuser(name, map_location)
-
     @property
     def size_multiple(self) -> int:
         """H and W are padded internally to a multiple of this."""
@@ -217,3 +216,21 @@ class UFuser(nn.Module):
         # moving or casting the module invalidates the merged weights
         self._fast_weights, self._fast_key = None, None
         return super()._apply(fn, recurse)
+
+
+def ufuser(weights: SupportsStateDict | None = None, **kwargs: Any) -> UFuser:
+    """Build a :class:`UFuser` in eval mode, with shipped weights or randomly initialised.
+
+    Args:
+        weights: e.g. ``monai_emma.weights.UFuserWeights.DEFAULT`` or ``.V1``; ``None``: random init.
+        **kwargs: :class:`UFuser` arguments (must match the weights' architecture).
+
+    Example:
+        >>> from monai_emma.networks import ufuser
+        >>> from monai_emma.weights import UFuserWeights
+        >>> net = ufuser(weights=UFuserWeights.DEFAULT)  # doctest: +SKIP
+    """
+    net = UFuser(**kwargs)
+    if weights is not None:
+        net.load_state_dict(weights.get_state_dict())
+    return net.eval()

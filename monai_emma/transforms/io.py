@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterator, Mapping
 
 import numpy as np
 from monai.config import KeysCollection
@@ -12,11 +13,24 @@ from monai.transforms import MapTransform
 
 from monai_emma.errors import first_line
 
-__all__ = ["LoadPairedSliced", "SliceReadError"]
+__all__ = ["LoadPairedSliced", "SliceReadError", "quiet_monai_readers"]
 
-# MONAI 1.6 announces its optional nvImageCodec DICOM plugin on every reader use; irrelevant here
-logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
-warnings.filterwarnings("ignore", message=".*NvImgCodecPydicomReader.*")
+_NVIMGCODEC_LOGGER = "monai.data.nvimgcodec_pydicom_plugin"
+
+
+@contextlib.contextmanager
+def quiet_monai_readers() -> Iterator[None]:
+    """Inside the block, MONAI 1.6's notice about its optional nvImageCodec DICOM plugin (logged
+    and warned on every reader use, irrelevant here) is not shown. Nothing changes outside it."""
+    logger = logging.getLogger(_NVIMGCODEC_LOGGER)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*NvImgCodecPydicomReader.*")
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 class SliceReadError(ValueError):
@@ -39,16 +53,22 @@ class LoadPairedSliced(MapTransform):
         from monai.data import PILReader
         from monai.transforms import LoadImaged
 
-        self.loader = LoadImaged(
-            keys, reader=PILReader(reverse_indexing=False), image_only=True, dtype=np.float32, allow_missing_keys=True
-        )
+        with quiet_monai_readers():
+            self.loader = LoadImaged(
+                keys,
+                reader=PILReader(reverse_indexing=False),
+                image_only=True,
+                dtype=np.float32,
+                allow_missing_keys=True,
+            )
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
             path = d[key]
             try:
-                arr = np.asarray(self.loader({key: path})[key], dtype=np.float32)
+                with quiet_monai_readers():
+                    arr = np.asarray(self.loader({key: path})[key], dtype=np.float32)
             except Exception as err:  # MONAI wraps reader errors with a long traceback text
                 raise SliceReadError(f"{path}: not a readable image ({first_line(err)})") from err
             if arr.ndim == 2:

@@ -1,15 +1,29 @@
-"""Shipped weights: named sets of a U-Fuser and its lite pseudo-sensors, with their record.
+"""Shipped weights, typed in the torchvision manner: :class:`UFuserWeights` and :class:`SensorWeights`.
 
-``weights.json`` beside the files says how each set was trained (data, recipe, epochs,
-hardware, wall time, seed, losses, validation pairs) and which set is the ``default``. Sets keep
-their names once shipped (``v1``: Harvard only; ``v2``: Harvard + AANLIB), so results stay
-reproducible when the default moves on. Load them with :func:`load_ufuser` /
-:meth:`monai_emma.networks.UFuser.pretrained` and :func:`load_sensors`.
+Each member is one shipped set (``V1``: Harvard only; ``V2``: Harvard + AANLIB; ...) and
+``DEFAULT`` is an alias of the current one. Members carry ``.meta`` (version, parameter count,
+training recipe and data, validation scores, how and where they were trained) and
+``.transforms`` (the intensity preprocessing the weights expect, per modality)::
+
+    from monai_emma.networks import ufuser
+    from monai_emma.weights import UFuserWeights
+
+    net = ufuser(weights=UFuserWeights.DEFAULT)   # eval mode
+    UFuserWeights.V1.meta["data"], UFuserWeights.DEFAULT.meta["validation"]
+    scale_ct = UFuserWeights.DEFAULT.transforms["ct"]
+
+Where the files are: the default set is the EMMA bundle's ``models/model.pt`` and
+``models/sensors.pt`` (one copy in the repository; a wheel carries it under
+``monai_emma/weights/bundle_models``); earlier sets stay in this package folder. ``weights.json``
+records every set.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from enum import Enum
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -17,20 +31,16 @@ import torch
 
 __all__ = [
     "WEIGHTS_DIR",
-    "DEFAULT",
+    "Weights",
+    "UFuserWeights",
+    "SensorWeights",
     "weights_info",
-    "weight_sets",
-    "resolve_set",
-    "set_record",
-    "weights_path",
-    "load_ufuser",
-    "load_ufuser_file",
-    "load_sensors",
+    "bundle_models_dir",
+    "get_weights",
 ]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent
-#: the name that always means "the set ``weights.json`` marks as default"
-DEFAULT = "default"
+_BUNDLE_PREFIX = "bundle:"
 
 
 def weights_info() -> dict[str, Any]:
@@ -41,59 +51,134 @@ def weights_info() -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def weight_sets() -> list[str]:
-    """Names of the shipped sets (``default`` is an alias of one of them)."""
-    return sorted(weights_info()["sets"])
+def bundle_models_dir() -> Path:
+    """Where the default set's files are: the copy inside an installed wheel, else the source
+    checkout's ``bundles/emma/models``."""
+    installed = WEIGHTS_DIR / "bundle_models"
+    if installed.is_dir():
+        return installed
+    return WEIGHTS_DIR.parents[1] / "bundles" / "emma" / "models"
 
 
-def resolve_set(name: str = DEFAULT) -> str:
-    """The real set name behind ``name`` (``"default"`` -> e.g. ``"v2"``).
+@dataclass(frozen=True)
+class Weights:
+    """One shipped file: the set it belongs to and what it holds (``"ufuser"`` or ``"sensors"``)."""
+
+    set_name: str
+    kind: str
+
+    @property
+    def record(self) -> dict[str, Any]:
+        return weights_info()["sets"][self.set_name]
+
+    @property
+    def path(self) -> Path:
+        entry = self.record[self.kind]
+        if entry.startswith(_BUNDLE_PREFIX):
+            path = bundle_models_dir() / entry[len(_BUNDLE_PREFIX) :]
+        else:
+            path = WEIGHTS_DIR / entry
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: weight file of set {self.set_name!r} missing from the installation")
+        return path
+
+    def get_state_dict(self, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+        """The tensors (``torch.load(weights_only=True)``)."""
+        return torch.load(self.path, map_location=map_location, weights_only=True)
+
+
+class _WeightsEnum(Enum):
+    """Members hold :class:`Weights`; ``DEFAULT`` is an alias of the current set."""
+
+    @property
+    def set_name(self) -> str:
+        return self.value.set_name
+
+    @property
+    def path(self) -> Path:
+        return self.value.path
+
+    def get_state_dict(self, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+        return self.value.get_state_dict(map_location)
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """Version, parameter count, recipe and data, validation scores, hardware, command."""
+        return _meta(self.value)
+
+    @property
+    def transforms(self) -> dict[str, Any]:
+        """The intensity preprocessing these weights expect, per modality: MONAI transforms mapping
+        a volume of that modality to [0, 1] as the training slices looked (2D 8-bit images are
+        divided by 255 and fused on luminance instead)."""
+        from monai_emma.transforms.intensity import DEFAULT_INTENSITY, ModalityScale
+
+        return {m: ModalityScale(m) for m in DEFAULT_INTENSITY}
+
+
+@cache
+def _num_params(set_name: str, kind: str) -> int:
+    state = Weights(set_name, kind).get_state_dict()
+    if kind == "sensors":
+        return sum(t.numel() for sd in state["sensors"].values() for t in sd.values())
+    return sum(t.numel() for t in state.values())
+
+
+def _meta(w: Weights) -> dict[str, Any]:
+    rec = w.record
+    return {
+        "version": w.set_name,
+        "num_params": _num_params(w.set_name, w.kind),
+        "recipe": rec.get("recipe"),
+        "config": rec.get("config", {}),
+        "data": rec.get("data"),
+        "train_pairs": rec.get("train_pairs"),
+        "val_pairs": rec.get("val_pairs", []),
+        "validation": rec.get("validation", {}),
+        "stages": rec.get("stages", {}),
+        "hardware": rec.get("hardware"),
+        "command": rec.get("command"),
+        "registry": rec.get("registry"),
+        "results": rec.get("results", ""),
+    }
+
+
+def _enum(name: str, kind: str, doc: str) -> type[_WeightsEnum]:
+    try:
+        info = weights_info()
+    except FileNotFoundError:  # an installation without weights: an empty enumeration
+        info = {"sets": {}, "default": None}
+    members = {s.upper(): Weights(s, kind) for s in sorted(info["sets"])}
+    if info.get("default") in info["sets"]:
+        members["DEFAULT"] = Weights(info["default"], kind)  # equal value: an alias of that member
+    enum = _WeightsEnum(name, members, module=__name__)
+    enum.__doc__ = doc
+    return enum
+
+
+UFuserWeights = _enum(
+    "UFuserWeights",
+    "ufuser",
+    "Shipped U-Fuser weights (``V1``, ``V2``, ...; ``DEFAULT``). Use with :func:`monai_emma.networks.ufuser`.",
+)
+SensorWeights = _enum(
+    "SensorWeights",
+    "sensors",
+    "Shipped pseudo-sensor banks, one per U-Fuser set. Use with :func:`monai_emma.networks.pseudo_sensors`.",
+)
+
+
+def get_weights(name: str | _WeightsEnum, kind: str = "ufuser") -> _WeightsEnum:
+    """A member by name: ``"default"``, ``"v1"``, ``"V2"`` (any case) or the member itself.
 
     Raises:
         KeyError: no such set (the message lists the shipped ones).
     """
-    info = weights_info()
-    real = info.get("default", "") if name == DEFAULT else name
-    if real not in info["sets"]:
-        shipped = ", ".join(f"{n} (default)" if n == info.get("default") else n for n in sorted(info["sets"]))
-        raise KeyError(f"unknown weight set {name!r}; shipped: {shipped}")
-    return real
-
-
-def set_record(name: str = DEFAULT) -> dict[str, Any]:
-    """How the named set was trained (its ``weights.json`` entry)."""
-    return weights_info()["sets"][resolve_set(name)]
-
-
-def weights_path(name: str = DEFAULT, kind: str = "ufuser") -> Path:
-    """File of the named weight set (``kind``: ``"ufuser"`` or ``"sensors"``)."""
-    path = WEIGHTS_DIR / set_record(name)[kind]
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: weight file missing from the installation")
-    return path
-
-
-def load_ufuser_file(path, map_location: str | torch.device = "cpu"):
-    """A :class:`~monai_emma.networks.UFuser` from a state-dict, checkpoint or official file, in eval mode
-    (see :func:`monai_emma.model_source.load_state_dict_file`)."""
-    from monai_emma.model_source import load_state_dict_file
-
-    return load_state_dict_file(path, map_location)
-
-
-def load_ufuser(name: str = DEFAULT, map_location: str | torch.device = "cpu"):
-    """A :class:`~monai_emma.networks.UFuser` with the named shipped weights, in eval mode.
-
-    Example:
-        >>> from monai_emma.weights import load_ufuser
-        >>> net = load_ufuser()      # the default set  # doctest: +SKIP
-        >>> old = load_ufuser("v1")  # an earlier set, by name  # doctest: +SKIP
-    """
-    return load_ufuser_file(weights_path(name, "ufuser"), map_location)
-
-
-def load_sensors(name: str = DEFAULT, map_location: str | torch.device = "cpu"):
-    """The :class:`~monai_emma.engines.SensorBank` (lite pseudo-sensors) shipped with a weight set."""
-    from monai_emma.engines.two_stage import load_sensor_bank
-
-    return load_sensor_bank(weights_path(name, "sensors"), map_location=map_location).eval()
+    enum = UFuserWeights if kind == "ufuser" else SensorWeights
+    if isinstance(name, _WeightsEnum):
+        return enum[name.name] if name.name in enum.__members__ else name
+    try:
+        return enum[str(name).upper()]
+    except KeyError:
+        shipped = ", ".join(m.lower() for m in enum.__members__)
+        raise KeyError(f"unknown weight set {name!r}; shipped: {shipped}") from None

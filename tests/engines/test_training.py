@@ -9,10 +9,10 @@ import torch
 from ignite.engine import Events
 
 from monai_emma.data.pairs import PairedPatchDataset, find_pairs
-from monai_emma.engines import FuserStep, SensorBank, SensorStep, build_stage_trainer, recipe, run_training
+from monai_emma.engines import FuserStep, SensorStep, build_stage_trainer, recipe, run_training
 from monai_emma.engines.config import TrainConfig
 from monai_emma.losses import EMMALoss
-from monai_emma.networks import UFuser
+from monai_emma.networks import SensorBank, UFuser
 from monai_emma.transforms import TransformGroup
 
 TINY_SENSOR = dict(features=(4, 8, 16))
@@ -175,11 +175,15 @@ def test_two_roots_cosine_schedule_and_prior_edge_weight(phantom_root, second_ro
     }
     assert any(i.startswith("more/") for i in split["val"])
     hist = results["fuser"].history
+    # validation ran through the MONAI evaluator: the sensing loss and fusion metrics of every epoch
+    for row in hist:
+        assert row["val_loss"] > 0 and 0 < row["val_VIF"] and 0 < row["val_SSIM"] <= 2 and "val_Qabf" in row
+    assert results["sensors"].history[-1]["val_loss"] > 0
     assert hist[0]["lr"] < cfg.fuser.lr and hist[1]["lr"] < hist[0]["lr"]  # cosine decay, every epoch
     assert hist[1]["lr"] == pytest.approx(0.0, abs=1e-12)
     assert json.loads((out / "config.json").read_text())["prior_gradient_weight"] == 4.0
     # the sensor bank covers the modalities of both roots
-    from monai_emma.engines import load_sensor_bank
+    from monai_emma.networks import load_sensor_bank
 
     assert load_sensor_bank(results["sensors"].weights).modalities == ["ct", "mri", "pet", "spect"]
 

@@ -1,0 +1,35 @@
+"""Optional dependency stacks behind extras: ``tracking`` (MLflow), ``distributed`` (Ray Train).
+
+The base install fuses, trains in-process, evaluates and runs the bundle; a feature that needs an
+extra imports it through :func:`require`, which fails with one line naming what to install.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+__all__ = ["EXTRAS", "MissingExtraError", "require"]
+
+#: which extra provides which top-level module
+EXTRAS = {"mlflow": "tracking", "psutil": "tracking", "ray": "distributed"}
+
+
+class MissingExtraError(ImportError):
+    """A feature needs an optional dependency that is not installed; the message says which extra."""
+
+
+def require(module: str, feature: str) -> ModuleType:
+    """Import ``module`` for ``feature``, or raise :class:`MissingExtraError`.
+
+    Example:
+        >>> require("json", "reading records").__name__
+        'json'
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        top = module.split(".")[0]
+        extra = EXTRAS.get(top)
+        hint = f"pip install 'monai-emma[{extra}]'" if extra else f"pip install {top}"
+        raise MissingExtraError(f"{feature} needs {top}, which is not installed: {hint}") from err

@@ -1,0 +1,239 @@
+"""The driver of the pipeline (:func:`run_pipeline`, CLI ``pipelines/train.py``): stage 1 then stage
+2 as two ``TorchTrainer.fit()`` calls named ``<name>-sensors`` and ``<name>-fuser`` (stage 2 receives
+stage 1's final checkpoint), the MLflow parent and stage runs, registration, and the run folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from monai_emma.engines.stages import FUSER, SENSORS, STAGES, RunLayout
+from monai_emma.pipeline.registry import experiment_id, find_or_create_run, log_and_register
+from monai_emma.pipeline.worker import quiet_env, ray_checkpoint_dir, train_loop_per_worker
+
+__all__ = ["PipelineOptions", "PipelineResult", "run_pipeline", "local_defaults", "write_run_folder"]
+
+logger = logging.getLogger("monai_emma.pipeline")
+
+
+@dataclass
+class PipelineOptions:
+    """What ``pipelines/train.py`` accepts (same names as its flags)."""
+
+    data: str | list[str]  # one data root or several
+    num_workers: int = 2
+    use_gpu: bool = False
+    resources_per_worker: dict[str, float] | None = None
+    storage_path: str | None = None
+    name: str = "emma"
+    max_failures: int = 1
+    tracking_uri: str | None = None
+    recipe: str | None = None
+    epochs: int | None = None
+    sensor_epochs: int | None = None
+    fuser_epochs: int | None = None
+    batch_size: int | None = None
+    seed: int | None = None
+    run_root: str = "emma-runs"
+    experiment: str = "emma-pipeline"
+    model_name: str = "emma-ufuser"
+    alias: str = "candidate"
+    address: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    #: extra ignite handlers for the workers, by stage name (``{"sensors": [handler]}``); each must
+    #: pickle (Ray ships it to every worker) and is attached before the epoch report
+    worker_handlers: dict[str, list[Any]] = field(default_factory=dict)
+
+    def train_config(self):
+        from monai_emma.engines import recipe
+        from monai_emma.networks.sensor_bank import IDENTITY_SENSORS
+
+        name = self.recipe or ("paper" if self.use_gpu else "cpu")
+        cfg = recipe(
+            name,
+            epochs=self.epochs,
+            sensor_epochs=self.sensor_epochs,
+            fuser_epochs=self.fuser_epochs,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            **self.overrides,
+        )
+        if cfg.sensor_preset == IDENTITY_SENSORS:
+            raise ValueError(
+                "sensor_preset=identity (the no-pseudo-sensing ablation) has no stage 1 to distribute; "
+                "run it with `monai-emma train --sensors identity`"
+            )
+        return cfg
+
+
+@dataclass
+class PipelineResult:
+    """Where everything went."""
+
+    parent_run_id: str
+    stage_checkpoints: dict[str, str]
+    model_uri: str
+    model_version: str
+    sensor_versions: dict[str, str]
+    tracking_uri: str
+    seconds: float
+
+
+def local_defaults(run_root: str | os.PathLike) -> tuple[str, str, str]:
+    """Embedded defaults under ``run_root``: (Ray storage path, SQLite tracking URI, artifact location)."""
+    root = Path(run_root).resolve()
+    return str(root / "ray"), f"sqlite:///{root / 'mlflow.db'}", (root / "mlartifacts").as_uri()
+
+
+def _init_ray(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address or os.environ["RAY_ADDRESS"])
+        return
+    # embedded default: a local runtime on loopback, no dashboard
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1")
+
+
+def run_pipeline(opts: PipelineOptions) -> PipelineResult:
+    """Run (or resume) both stages on Ray, tracked in MLflow; register the U-Fuser.
+
+    Rerunning with the same ``name`` and storage resumes: finished stages are skipped (their
+    checkpoints are recorded on the parent MLflow run), an interrupted stage continues from its
+    last checkpoint, and the MLflow runs are reused rather than duplicated.
+    """
+    quiet_env()
+    from monai_emma.extras import require
+
+    require("ray.train", "the Ray Train pipeline")
+    mlflow = require("mlflow", "the Ray Train pipeline")
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from monai_emma.data.pairs import data_roots, find_pairs
+
+    t0 = time.perf_counter()
+    find_pairs(opts.data)  # fail early, with a clear message, before anything starts
+    cfg = opts.train_config()
+    storage_default, uri_default, artifacts_default = local_defaults(opts.run_root)
+    storage = opts.storage_path or storage_default
+    if "://" not in storage:
+        storage = str(Path(storage).resolve())
+        Path(storage).mkdir(parents=True, exist_ok=True)
+    tracking_uri = opts.tracking_uri or uri_default
+    Path(opts.run_root).mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(tracking_uri)
+    client = mlflow.MlflowClient(tracking_uri)
+    exp_id = experiment_id(client, opts.experiment, artifacts_default if not opts.tracking_uri else None)
+    parent_id = find_or_create_run(client, exp_id, {"emma.pipeline": opts.name, "emma.role": "parent"}, opts.name)
+    if "data" not in client.get_run(parent_id).data.params:
+        client.log_param(parent_id, "data", ", ".join(data_roots(opts.data)))
+        client.log_param(parent_id, "recipe", cfg.recipe)
+    _init_ray(opts.address)
+
+    checkpoints: dict[str, str] = {}
+    for stage in STAGES:
+        tag = f"emma.checkpoint.{stage.name}"
+        done = client.get_run(parent_id).data.tags.get(tag)
+        if done and _exists(done):
+            logger.info("stage %s already finished: %s", stage.name, done)
+            checkpoints[stage.name] = done
+            continue
+        child_id = find_or_create_run(
+            client,
+            exp_id,
+            {"emma.pipeline": opts.name, "emma.role": "stage", "emma.stage": stage.name},
+            f"{opts.name}-{stage.name}",
+            parent=parent_id,
+        )
+        loop_config = {
+            "stage": stage.name,
+            "data": [r if "://" in r else str(Path(r).resolve()) for r in data_roots(opts.data)],
+            "train_config": cfg.to_dict(),
+            "tracking_uri": tracking_uri,
+            "mlflow_run_id": child_id,
+            "sensors_checkpoint": checkpoints.get(SENSORS.name),
+            "attempts_file": str(Path(opts.run_root).resolve() / f"{opts.name}-attempts.jsonl"),
+            "worker_handlers": opts.worker_handlers,
+        }
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config=loop_config,
+            scaling_config=ScalingConfig(
+                num_workers=opts.num_workers, use_gpu=opts.use_gpu, resources_per_worker=opts.resources_per_worker
+            ),
+            run_config=RunConfig(
+                name=f"{opts.name}-{stage.name}",
+                storage_path=storage,
+                failure_config=FailureConfig(max_failures=opts.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=2),
+            ),
+        )
+        result = trainer.fit()
+        if result.checkpoint is None:
+            raise RuntimeError(f"stage {stage.name} finished without a checkpoint")
+        checkpoints[stage.name] = result.checkpoint.path
+        client.set_tag(parent_id, tag, checkpoints[stage.name])
+        client.set_terminated(child_id, "FINISHED")
+    tags = client.get_run(parent_id).data.tags
+    if "emma.model_uri" in tags:  # a finished pipeline run again: nothing new to register
+        model_uri, version = tags["emma.model_uri"], tags["emma.model_version"]
+        sensor_versions = json.loads(tags.get("emma.sensor_versions", "{}"))
+    else:
+        fuser, sensors = _trained_networks(checkpoints)
+        model_uri, version, sensor_versions = log_and_register(
+            client, parent_id, fuser, sensors, opts.model_name, opts.alias
+        )
+        client.set_tag(parent_id, "emma.model_version", version)
+        client.set_tag(parent_id, "emma.sensor_versions", json.dumps(sensor_versions))
+        client.set_tag(parent_id, "emma.model_uri", model_uri)
+    write_run_folder(opts.run_root, opts.name, opts.data, cfg, checkpoints)
+    client.set_terminated(parent_id, "FINISHED")
+    return PipelineResult(
+        parent_id, checkpoints, model_uri, version, sensor_versions, tracking_uri, time.perf_counter() - t0
+    )
+
+
+def _trained_networks(checkpoints: dict[str, str]):
+    """The U-Fuser and the sensor bank of the final stage checkpoints."""
+    import torch
+
+    from monai_emma.networks import UFuser
+    from monai_emma.networks.sensor_bank import load_sensor_bank
+
+    net = UFuser()
+    with ray_checkpoint_dir(checkpoints[FUSER.name]) as d:
+        net.load_state_dict(torch.load(Path(d) / FUSER.weights_file, map_location="cpu", weights_only=True))
+    with ray_checkpoint_dir(checkpoints[SENSORS.name]) as d:
+        bank = load_sensor_bank(Path(d) / SENSORS.weights_file)
+    return net.eval(), bank
+
+
+def write_run_folder(
+    run_root: str | os.PathLike, name: str, data: str | list[str], cfg, checkpoints: dict[str, str]
+) -> Path:
+    """Mirror a finished pipeline run as ``<run_root>/<name>/`` in the layout of ``monai-emma
+    train`` (:class:`~monai_emma.engines.stages.RunLayout`), so the same tools (e.g.
+    ``scripts/ship_weights.py``) work on both."""
+    from monai_emma.data.pairs import find_pairs, split_pairs
+
+    layout = RunLayout(Path(run_root) / name)
+    train, val = split_pairs(find_pairs(data), cfg.val_fraction, cfg.seed)
+    layout.write_record(cfg, data, train, val)
+    for stage in STAGES:
+        if stage.name in checkpoints:
+            with ray_checkpoint_dir(checkpoints[stage.name]) as d:
+                shutil.copytree(d, layout.stage_dir(stage), dirs_exist_ok=True)
+    return layout.root
+
+
+def _exists(path: str) -> bool:
+    return "://" in path or Path(path).exists()
