@@ -1,14 +1,17 @@
-"""Components for the EMMA MONAI bundle (``bundles/emma``), referenced from its configs by ``_target_``.
+"""Components for the EMMA MONAI bundle (``bundles/emma``), referenced from its configs.
 
-The bundle holds configuration and weights only; everything it runs lives here and in the
-package, so ``monai-emma fuse``, ``monai-emma train``, the bundle and the Ray pipeline share one
-code path:
+The bundle's configs spell out their pipelines with MONAI objects (``Compose`` of MONAI and
+monai-emma transforms, MONAI's ``SupervisedEvaluator``, ``CheckpointLoader``, the package's
+``EMMATrainer`` and evaluators); what they call from here is glue:
 
 * :func:`bundle_root`: the bundle folder, whatever the working directory;
-* :func:`sample_dataset`, :func:`fusion_jobs`, :class:`BundleInference`: inference on volumes
-  (NIfTI files, DICOM series) or 2D pair folders, with a generated sample by default;
-* :func:`stage_trainer`: a stage-1 or stage-2 MONAI trainer from the training engine;
-* :func:`load_weights`, :func:`export_pt2`: checkpoints in and out.
+* :func:`sample_dataset`, :func:`fusion_jobs`, :func:`fusion_datalist`, :func:`collate_jobs`,
+  :class:`FusionSummary`: inference jobs (NIfTI files, DICOM series, 2D pair folders), with a
+  generated sample by default, and the summary of what was written;
+* :func:`training_root`, :func:`training_config`, :func:`training_split`, :func:`training_dataset`,
+  :func:`stage_network`, :func:`stage_sensors`, :func:`stage_validator`, :func:`stage_trainer`: the
+  pieces of a training stage, from the package's single training engine;
+* :func:`export_pt2`: a ``torch.export`` program of the U-Fuser.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -29,10 +33,17 @@ __all__ = [
     "sample_dataset",
     "FusionJob",
     "fusion_jobs",
-    "BundleInference",
+    "fusion_datalist",
+    "collate_jobs",
+    "FusionSummary",
     "training_root",
+    "training_config",
+    "training_split",
+    "training_dataset",
+    "stage_network",
+    "stage_sensors",
+    "stage_validator",
     "stage_trainer",
-    "load_weights",
     "export_pt2",
 ]
 
@@ -157,100 +168,63 @@ def fusion_jobs(dataset_dir: str | os.PathLike) -> list[FusionJob]:
     return jobs
 
 
-class BundleInference:
-    """Fuse every job of a dataset folder and write the results (what ``inference.json`` runs).
+def fusion_datalist(dataset_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """:func:`fusion_jobs` as MONAI data items: ``{"name", "anatomical", "other", "modality", "kind"}``."""
+    return [asdict(job) for job in fusion_jobs(dataset_dir)]
 
-    Volumes give ``<output_dir>/<name>.nii.gz`` (on the anatomical grid), a colour rendering
-    ``<name>_colour.nii.gz`` for PET/SPECT and a ``<name>_preview.png`` montage; 2D pairs give
-    ``<output_dir>/<PAIR>/<stem>.png`` like ``monai-emma fuse-folder`` and one
-    ``<PAIR>_preview.png`` per pair folder. A ``summary.json`` lists what was written.
+
+def collate_jobs(batch: list[dict]) -> dict:
+    """One fusion job per batch (volumes differ in size): the job's dictionary as it is, with a
+    batch axis on ``image`` for the network. The evaluator runs without decollation; the
+    post-processing starts by removing that axis (``SqueezeDimd``)."""
+    if len(batch) != 1:
+        raise ValueError(f"fusion jobs go one per batch (batch_size 1), got {len(batch)}")
+    item = dict(batch[0])
+    item["image"] = item["image"].unsqueeze(0)
+    return item
+
+
+class FusionSummary:
+    """An evaluator handler that lists what every job wrote (``summary.json``) and, for 2D pair
+    folders, writes one ``<PAIR>_preview.png`` montage of up to four pairs.
 
     Args:
-        network: the fuser (e.g. from :func:`load_weights`).
-        dataset_dir: see :func:`fusion_jobs`.
-        output_dir: created if needed.
-        device: where the network runs.
-        batch_size: slices per network call (default: 4 on CPU, 16 on CUDA).
-        amp: mixed precision on CUDA.
-        colormap: colour map of the PET/SPECT renderings (``None``: none).
-        stretch: min-max stretch each fused slice (the papers' protocol).
-        progress: progress bars.
-        zero_empty: the fused image is 0 where both inputs are (no halo in empty background).
+        output_dir: where ``summary.json`` and the 2D previews go.
     """
 
-    def __init__(
-        self,
-        network: torch.nn.Module,
-        dataset_dir: str,
-        output_dir: str,
-        device: str | torch.device = "cpu",
-        batch_size: int | None = None,
-        amp: bool = False,
-        colormap: str | None = "jet",
-        stretch: bool = False,
-        progress: bool = True,
-        zero_empty: bool = True,
-    ) -> None:
-        self.network, self.dataset_dir, self.output_dir = network, dataset_dir, Path(output_dir)
-        self.zero_empty = zero_empty
-        self.device, self.batch_size, self.amp = torch.device(device), batch_size, amp
-        self.colormap, self.stretch, self.progress = colormap, stretch, progress
+    def __init__(self, output_dir: str | os.PathLike) -> None:
+        self.output_dir = Path(output_dir)
+        self.records: list[dict[str, Any]] = []
+        self.previews: dict[str, list] = {}
 
-    def run(self) -> list[dict[str, Any]]:
-        from tqdm.auto import tqdm
+    def attach(self, engine: Any) -> None:
+        from ignite.engine import Events
 
-        from monai_emma.fusion import fuse_images, fuse_volumes
-        from monai_emma.io.outputs import write_fusion
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
+        engine.add_event_handler(Events.COMPLETED, self.completed)
+
+    def iteration_completed(self, engine: Any) -> None:
+        job = {**engine.state.batch, **engine.state.output}  # one job per iteration (collate_jobs)
+        record = {k: str(job.get(k, "")) for k in ("name", "modality", "kind")}
+        record.update(
+            anatomical=str(job["anatomical_volume"].path),
+            other=str(job["other_volume"].path),
+            **job.get("files", {}),
+        )
+        self.records.append(record)
+        if job.get("kind") == "slices":
+            rows = self.previews.setdefault(record["name"].split("/")[0], [])
+            if len(rows) < 4:
+                rows.append([np.asarray(job[k].detach().cpu())[0, ..., 0] for k in ("anatomical", "other", "pred")])
+
+    def completed(self, engine: Any) -> None:
         from monai_emma.io.png import save_montage
 
-        jobs = fusion_jobs(self.dataset_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        records: list[dict[str, Any]] = []
-        previews: dict[str, list] = {}
-        for job in tqdm(jobs, desc="fuse", disable=not self.progress):
-            if job.kind == "volume":
-                res = fuse_volumes(
-                    job.anatomical,
-                    job.other,
-                    model=self.network,
-                    modality=job.modality,
-                    device=self.device,
-                    batch_size=self.batch_size,
-                    amp=self.amp,
-                    stretch=self.stretch,
-                    zero_empty=self.zero_empty,
-                )
-                colour = self.colormap if job.modality in ("pet", "spect") else None
-                files = write_fusion(
-                    res,
-                    self.output_dir / f"{job.name}.nii.gz",
-                    colormap=colour,
-                    preview=self.output_dir / f"{job.name}_preview.png",
-                    overwrite=True,
-                )
-            else:
-                net, dev = self.network, self.device
-                res = fuse_images(
-                    job.anatomical, job.other, model=net, device=dev, stretch=self.stretch, zero_empty=self.zero_empty
-                )
-                files = write_fusion(res, self.output_dir / f"{job.name}.png", overwrite=True)
-                rows = previews.setdefault(job.name.split("/")[0], [])
-                if len(rows) < 4:
-                    rows.append([res.anatomical_scaled, res.other_scaled, res.fused])
-            records.append({**asdict(job), "seconds": round(res.seconds, 3), **{k: str(v) for k, v in files.items()}})
-        for pair, rows in previews.items():
+        for pair, rows in self.previews.items():
             path = save_montage(rows, self.output_dir / f"{pair}_preview.png", titles=["anatomical", "other", "fused"])
-            records.append({"name": f"{pair} preview", "preview": str(path)})
-        (self.output_dir / "summary.json").write_text(json.dumps(records, indent=1))
-        return records
-
-
-def load_weights(network: torch.nn.Module, path: str | os.PathLike, map_location: str = "cpu") -> torch.nn.Module:
-    """Load a state dict (or a training checkpoint holding ``"network"``) into ``network``; returns it."""
-    from monai_emma.model_source import read_state_dict
-
-    network.load_state_dict(read_state_dict(path, map_location))
-    return network
+            self.records.append({"name": f"{pair} preview", "preview": str(path)})
+        (self.output_dir / "summary.json").write_text(json.dumps(self.records, indent=1))
 
 
 def training_root(dataset_dir: str | list[str] | None, output_dir: str, pairs_per_modality: int = 8) -> str | list[str]:
@@ -268,78 +242,171 @@ def training_root(dataset_dir: str | list[str] | None, output_dir: str, pairs_pe
     return str(root)
 
 
+def training_config(
+    recipe: str = "cpu", batch_size: int | None = None, seed: int | None = None, overrides: dict | None = None
+):
+    """The :class:`~monai_emma.engines.TrainConfig` of a named recipe with overrides."""
+    from monai_emma.engines import recipe as make_recipe
+
+    return make_recipe(recipe, batch_size=batch_size, seed=seed, **(overrides or {}))
+
+
 def _is_main_rank() -> bool:
     """True outside distributed runs, and on rank 0 inside them."""
     dist = torch.distributed
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
+def training_split(data_root: str | list[str], config, ckpt_dir: str | os.PathLike) -> tuple[list, list]:
+    """(training pairs, validation pairs) of the engine's seeded split; the main rank records the
+    run in ``ckpt_dir`` (``config.json``, ``split.json``: every root and the validation ids)."""
+    from monai_emma.data.pairs import find_pairs, split_pairs
+    from monai_emma.engines.stages import RunLayout
+
+    train, val = split_pairs(find_pairs(data_root), config.val_fraction, config.seed)
+    if _is_main_rank():
+        RunLayout(ckpt_dir).write_record(config, data_root, train, val)
+    return train, val
+
+
+def _stage(stage: str):
+    from monai_emma.engines.stages import get_stage
+
+    return get_stage(stage)
+
+
+def training_dataset(stage: str, train_pairs: list, config):
+    """The stage's patch dataset (:class:`~monai_emma.data.pairs.PairedPatchDataset`)."""
+    from monai_emma.engines.two_stage import stage_dataset
+
+    return stage_dataset(train_pairs, config, _stage(stage))
+
+
+def stage_network(stage: str, train_pairs: list, config) -> torch.nn.Module:
+    """The network a stage trains: the sensor bank (stage 1) or a new U-Fuser (stage 2), seeded."""
+    from monai_emma.engines.two_stage import stage_network as engine_network
+
+    return engine_network(_stage(stage), train_pairs, config)
+
+
+def stage_sensors(ckpt_dir: str | os.PathLike, train_pairs: list, device: str | torch.device = "cpu"):
+    """Stage 2's frozen pseudo-sensors: stage 1's output (``<ckpt_dir>/sensors.pt``) when present,
+    else the shipped default sensors (so ``train_fuser.json`` runs on a fresh clone).
+
+    Raises:
+        FileNotFoundError: the shipped sensors do not cover the data's modalities (e.g. infrared).
+    """
+    from monai_emma.engines.stages import SENSORS
+    from monai_emma.engines.two_stage import modalities_of
+    from monai_emma.networks import load_sensor_bank, pseudo_sensors
+    from monai_emma.weights import SensorWeights
+
+    own = Path(ckpt_dir) / SENSORS.weights_file
+    if own.is_file():
+        bank = load_sensor_bank(own, map_location=device)
+    else:
+        bank = pseudo_sensors(weights=SensorWeights.DEFAULT)
+        missing = sorted(set(modalities_of(train_pairs)) - set(bank.modalities))
+        if missing:
+            raise FileNotFoundError(
+                f"{own}: no stage-1 sensors, and the shipped ones have none for {', '.join(missing)}; "
+                "run train_sensors.json first"
+            )
+        logger.info(
+            "stage 2 uses the shipped pseudo-sensors (%s); stage 1 writes %s", SensorWeights.DEFAULT.set_name, own
+        )
+    return bank.to(device).freeze()
+
+
+def stage_validator(
+    stage: str,
+    val_pairs: list,
+    config,
+    device,
+    network: torch.nn.Module,
+    sensors=None,
+    val_handlers: list | None = None,
+):
+    """The stage's MONAI evaluator (see :mod:`monai_emma.engines.validation`) with ``val_handlers``
+    attached (MONAI's ``--tracking mlflow`` adds one), or None without validation pairs."""
+    from monai_emma.engines.two_stage import stage_validator as engine_validator
+
+    evaluator = engine_validator(_stage(stage), val_pairs, config, torch.device(device), network, sensors)
+    for handler in val_handlers or []:
+        if evaluator is not None:
+            handler.attach(evaluator)
+    return evaluator
+
+
 def stage_trainer(
     stage: str,
-    dataset_dir: str | list[str],
-    ckpt_dir: str,
-    recipe: str = "cpu",
-    epochs: int | None = None,
-    batch_size: int | None = None,
-    seed: int | None = None,
+    network: torch.nn.Module,
+    dataset,
+    config,
+    ckpt_dir: str | os.PathLike,
+    max_epochs: int | None = None,
     device: str | torch.device = "cpu",
-    handlers: list | None = None,
+    sensors=None,
+    validator=None,
+    inferer=None,
+    train_handlers: list | None = None,
+    val_interval: int = 1,
     distributed: bool = False,
     progress: bool = True,
     resume: bool = True,
-    overrides: dict | None = None,
 ):
-    """The MONAI ``SupervisedTrainer`` of one EMMA stage, from the package's training engine.
+    """The :class:`~monai_emma.engines.EMMATrainer` of one EMMA stage, from the package's engine.
 
-    Stage ``"sensors"`` writes ``<ckpt_dir>/sensors.pt``; stage ``"fuser"`` reads it and writes
-    ``<ckpt_dir>/model.pt`` (the U-Fuser state dict, the bundle's model file). Both checkpoint every
-    epoch under ``<ckpt_dir>/<stage>/`` and resume from there; validation computes fusion losses
-    and metrics and keeps the best weights. The data split is the engine's (seeded); ``split.json``
-    (every root, the validation ids) and ``config_<stage>.json`` in ``ckpt_dir`` record the run.
+    Stage ``"sensors"`` trains ``network`` (a sensor bank) and publishes ``<ckpt_dir>/sensors.pt``;
+    stage ``"fuser"`` trains ``network`` (a U-Fuser) against ``sensors`` and publishes
+    ``<ckpt_dir>/model.pt`` (the bundle's model file). Both checkpoint every epoch in the run layout
+    under ``ckpt_dir`` and resume from there; ``validator`` runs every ``val_interval`` epochs and
+    the best weights are kept.
 
     Args:
         stage: ``"sensors"`` or ``"fuser"``.
-        dataset_dir: Harvard- or IVF-style root of 2D pairs, or a list of roots trained together.
-        ckpt_dir: where weights and checkpoints go.
-        recipe: ``"cpu"`` or ``"paper"``.
-        epochs, batch_size, seed: recipe overrides (``None``: the recipe's).
+        network: the network to train (``network_def``).
+        dataset: the patch dataset (``train#dataset``).
+        config: the :class:`~monai_emma.engines.TrainConfig`.
+        ckpt_dir: where weights, checkpoints and the run record go.
+        max_epochs: epochs to train (default: the recipe's).
         device: training device.
-        handlers: extra ignite handlers (MONAI's ``--tracking mlflow`` appends an ``MLFlowHandler``).
-        distributed: DistributedDataParallel on the current process group (``multi_gpu_*.json``).
+        sensors: stage 2's frozen sensors.
+        validator: ``validate#evaluator``.
+        inferer: ``train#inferer``: how the step calls the network (MONAI ``SimpleInferer``).
+        train_handlers: more handlers (MONAI's ``--tracking mlflow`` appends an ``MLFlowHandler``).
+        val_interval: validate every this many epochs.
+        distributed: DistributedDataParallel on the current process group (``multi_gpu_train.json``).
         progress: progress bar on the main rank.
         resume: continue from the latest checkpoint.
-        overrides: more :meth:`~monai_emma.engines.TrainConfig.with_overrides` settings.
     """
     import shutil
 
-    from monai_emma.data.pairs import find_pairs, split_pairs, split_record
-    from monai_emma.engines import fuser_trainer, load_sensor_bank, sensor_trainer
-    from monai_emma.engines import recipe as make_recipe
-    from monai_emma.engines.two_stage import FUSER_FILE, SENSORS_FILE
+    from monai_emma.engines.stages import FUSER, SENSORS, RunLayout
+    from monai_emma.engines.two_stage import stage_trainer_for
 
-    if stage not in ("sensors", "fuser"):
-        raise ValueError(f"stage must be 'sensors' or 'fuser', not {stage!r}")
-    key = "sensor_epochs" if stage == "sensors" else "fuser_epochs"
-    cfg = make_recipe(recipe, **{key: epochs, "batch_size": batch_size, "seed": seed}, **(overrides or {}))
-    pairs = find_pairs(dataset_dir)
-    train_pairs, val_pairs = split_pairs(pairs, cfg.val_fraction, cfg.seed)
-    ckpt = Path(ckpt_dir)
-    if _is_main_rank():
-        ckpt.mkdir(parents=True, exist_ok=True)  # the run record, as monai-emma train writes it
-        (ckpt / f"config_{stage}.json").write_text(cfg.to_json())
-        (ckpt / "split.json").write_text(json.dumps(split_record(dataset_dir, train_pairs, val_pairs), indent=1))
-    kwargs = dict(resume=resume, progress=progress, extra_handlers=list(handlers or []), distributed=distributed)
-    device = torch.device(device)
-    if stage == "sensors":
-        trainer, _ = sensor_trainer(train_pairs, val_pairs, cfg, ckpt / "sensors", device, **kwargs)
-        final, target = ckpt / "sensors" / SENSORS_FILE, ckpt / SENSORS_FILE
-    else:
-        sensors_file = ckpt / SENSORS_FILE
-        if not sensors_file.is_file():
-            raise FileNotFoundError(f"{sensors_file}: run train_sensors.json first (stage 1 writes the sensors)")
-        sensors = load_sensor_bank(sensors_file, map_location=device)
-        trainer, _ = fuser_trainer(train_pairs, val_pairs, sensors, cfg, ckpt / "fuser", device, **kwargs)
-        final, target = ckpt / "fuser" / FUSER_FILE, ckpt / "model.pt"
+    st = _stage(stage)
+    layout = RunLayout(ckpt_dir)
+    if max_epochs is not None:
+        config = config.with_overrides(**{st.epochs_setting: int(max_epochs)})
+    trainer, _ = stage_trainer_for(
+        st,
+        network,
+        dataset,
+        config,
+        layout.stage_dir(st),
+        torch.device(device),
+        sensors=sensors,
+        validator=validator,
+        inferer=inferer,
+        val_interval=val_interval,
+        resume=resume,
+        progress=progress,
+        extra_handlers=list(train_handlers or []),
+        distributed=distributed,
+    )
+    final = layout.weights(st)
+    target = Path(ckpt_dir) / ("model.pt" if st is FUSER else SENSORS.weights_file)
 
     from ignite.engine import Events
 

@@ -214,6 +214,9 @@ def evaluate(
 
             net, _ = resolve_fuser(weights=weights)
         emma = network_fuser(net, device, zero_empty=zero_empty)
+    from monai_emma.metrics import warm_up
+
+    warm_up()
     result = EvaluationResult()
     grid_rows = []
     for i, pair in enumerate(tqdm(pairs, desc="evaluate", disable=not progress)):

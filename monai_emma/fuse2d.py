@@ -14,7 +14,7 @@ import torch
 
 from monai_emma.transforms.colour import is_colour, rgb_to_ycbcr, ycbcr_to_rgb
 
-__all__ = ["luminance", "fuse_slice_pair", "rule_fuser", "network_fuser"]
+__all__ = ["luminance", "fuse_slice_pair", "to_8bit", "rule_fuser", "network_fuser"]
 
 
 def luminance(img: np.ndarray) -> np.ndarray:
@@ -47,7 +47,13 @@ def fuse_slice_pair(
     if stretch:
         lo, hi = fused.min(), fused.max()
         fused = (fused - lo) / (hi - lo) if hi > lo else np.zeros_like(fused)
-    fused = np.clip(fused, 0.0, 1.0)
+    return to_8bit(fused, b)
+
+
+def to_8bit(fused: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The 8-bit image of a fused luminance (H, W) in [0, 1] (clipped): grey, or recombined with the
+    Cb/Cr of ``b`` (C, H, W, 0-255) when ``b`` is in colour (pseudo-colour PET/SPECT)."""
+    fused = np.clip(np.asarray(fused, np.float64), 0.0, 1.0)
     if b.shape[0] >= 3 and is_colour(b):
         ycc = rgb_to_ycbcr(np.asarray(b[:3], np.float64) / 255.0, 0)
         ycc[0] = fused

@@ -1,36 +1,39 @@
-"""Fusing an anatomical image with another modality: 2D images, NIfTI volumes, DICOM series.
+"""Fusing an anatomical image with another modality: NIfTI volumes, DICOM series, 2D images.
 
-The volume path (:func:`fuse_volumes`):
+Every fusion runs one MONAI pipeline, the one the bundle's ``inference.json`` spells out:
 
-1. read both inputs (:func:`monai_emma.io.volumes.read_volume`);
-2. scale each to [0, 1] on its own grid (:class:`~monai_emma.transforms.ModalityScale`; CT by a
-   Hounsfield window, PET/SPECT by percentiles, MRI by robust percentiles);
-3. resample the second modality onto the anatomical grid (MONAI ``ResampleToMatch``, zeros
-   outside its field of view; no overlap at all is an error);
-4. reorient to axial slices in display orientation and fuse slice by slice in batches
-   (:class:`~monai_emma.inferers.FusionInferer`);
-5. return the fused volume on the anatomical grid, in its voxel order.
+* :func:`fusion_preprocessing`: read both inputs (:class:`~monai_emma.io.dictionary.LoadFusionPaird`),
+  scale each to [0, 1] on its own grid (:class:`~monai_emma.transforms.ModalityScaled`: CT by a
+  Hounsfield window, PET/SPECT by percentiles, MRI by robust percentiles; 2D 8-bit images by 255),
+  resample the second modality onto the anatomical grid (MONAI ``ResampleToMatchd``, zeros outside
+  its field of view), reorient to axial slices in display orientation (MONAI ``Orientationd``)
+  and stack the 2-channel ``image``;
+* :class:`~monai_emma.inferers.FusionInferer`: the U-Fuser slice by slice, in batches;
+* :func:`fusion_postprocessing`: empty background stays empty, clip (or stretch), and back to the
+  anatomical file's voxel order (MONAI ``Invertd``).
 
-The 2D path (:func:`fuse_images`) fuses luminance and recombines colour from the pixels of the
-second image (pseudo-colour PET/SPECT), exactly like ``monai-emma fuse-folder``.
+:func:`fuse_volumes` and :func:`fuse_images` return a :class:`FusionResult`; ``fuse-folder`` and
+``evaluate`` use the per-pair 2D path of :mod:`monai_emma.fuse2d`, which gives the same images.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 
-import numpy as np
 import torch
 
-from monai_emma.io.volumes import Volume, read_volume
-from monai_emma.transforms.intensity import DEFAULT_INTENSITY, IntensityRule, ModalityScale
+from monai_emma.errors import FusionError, transform_cause
+from monai_emma.io.result import FusionResult
+from monai_emma.io.volumes import MODALITIES, Volume, VolumeReadError, as_volume, guess_modality
+from monai_emma.transforms.intensity import DEFAULT_INTENSITY, IntensityRule
 
 __all__ = [
     "FusionError",
     "FusionResult",
+    "fusion_preprocessing",
+    "fusion_postprocessing",
     "fuse_volumes",
     "fuse_images",
     "guess_modality",
@@ -38,67 +41,98 @@ __all__ = [
     "MODALITIES",
 ]
 
-#: Second-modality names accepted by ``--modality``.
-MODALITIES = ("ct", "pet", "spect", "ir")
-_DICOM_MODALITY = {"CT": "ct", "PT": "pet", "NM": "spect", "ST": "spect"}
 
+def fusion_preprocessing(
+    rules: Mapping[str, IntensityRule] | None = None,
+    anatomical_rule: IntensityRule | None = None,
+    other_rule: IntensityRule | None = None,
+    resize: bool = False,
+):
+    """The MONAI ``Compose`` from a job ``{"anatomical", "other", "modality"}`` to the 2-channel
+    ``image`` (display orientation). The bundle's ``preprocessing`` is the same list.
 
-class FusionError(ValueError):
-    """The inputs cannot be fused as asked; one line naming them and the problem."""
-
-
-@dataclass
-class FusionResult:
-    """What a fusion produced.
-
-    Attributes:
-        fused: 3D: float32 (X, Y, Z) in [0, 1] on the anatomical grid and voxel order; 2D: uint8
-            (H, W) grey or (H, W, 3) colour, the image that ``fuse-folder`` writes.
-        anatomical: the anatomical input.
-        other: the second input (on its own grid).
-        anatomical_scaled: the anatomical image in [0, 1] as the network saw it (anatomical grid).
-        other_scaled: the second modality in [0, 1] on the anatomical grid.
-        modality: the second modality used for scaling (``"ct"``, ``"pet"``, ``"spect"``, ``"ir"``).
-        coverage: the fraction of anatomical voxels inside the second modality's field of view.
-        seconds: wall time of the whole fusion, reading included.
-        notes: remarks worth showing the user (guessed modality, partial overlap…).
+    Args:
+        rules: ``{modality: IntensityRule}`` replacing defaults of :data:`DEFAULT_INTENSITY`.
+        anatomical_rule: the anatomical image's rule (overrides ``rules``).
+        other_rule: the second modality's rule, whatever it is (overrides ``rules``).
+        resize: 2D only: resample the second image to the anatomical size when they differ.
     """
+    from monai.transforms import Compose, ConcatItemsd, Orientationd, ResampleToMatchd
 
-    fused: np.ndarray
-    anatomical: Volume
-    other: Volume
-    anatomical_scaled: np.ndarray
-    other_scaled: np.ndarray
-    modality: str
-    coverage: float = 1.0
-    seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)
+    from monai_emma.io.dictionary import DISPLAY_AXCODES, LoadFusionPaird
+    from monai_emma.transforms.intensity import ModalityScaled
 
-    @property
-    def is_3d(self) -> bool:
-        return self.anatomical.is_3d
-
-
-def guess_modality(volume: Volume) -> tuple[str, str]:
-    """The second modality from DICOM's ``Modality`` or, failing that, from the values (Hounsfield
-    units go far below zero); returns ``(modality, how)``."""
-    if volume.modality.upper() in _DICOM_MODALITY:
-        return _DICOM_MODALITY[volume.modality.upper()], f"DICOM Modality {volume.modality}"
-    if volume.is_3d and float(volume.array.min()) <= -500:
-        return "ct", "values below -500 (Hounsfield units)"
-    return "pet", "no --modality given; scaled as functional (PET/SPECT) uptake"
+    return Compose(
+        [
+            LoadFusionPaird(("anatomical", "other"), resize=resize),
+            ModalityScaled("anatomical", modality_key="anatomical_modality", rules=_rules(rules, anatomical_rule)),
+            ModalityScaled("other", modality_key="modality", rules=_rules(rules, other_rule)),
+            ResampleToMatchd("other", key_dst="anatomical", mode="bilinear", padding_mode="zeros", dtype=torch.float32),
+            Orientationd(("anatomical", "other"), axcodes=DISPLAY_AXCODES, labels=None),
+            ConcatItemsd(("anatomical", "other"), name="image", dim=0),
+        ]
+    )
 
 
-def _as_volume(x: Volume | str | os.PathLike, series_uid: str | Sequence[str] | None) -> Volume:
-    return x if isinstance(x, Volume) else read_volume(x, series_uid)
+def _rules(rules: Mapping[str, IntensityRule] | None, override: IntensityRule | None):
+    return [override] if override is not None else dict(rules or {})
 
 
-def _stretch_slices(stack: np.ndarray) -> np.ndarray:
-    """Min-max stretch every slice of a (rows, cols, slices) stack to [0, 1]."""
-    lo = stack.min(axis=(0, 1), keepdims=True)
-    hi = stack.max(axis=(0, 1), keepdims=True)
-    span = np.where(hi > lo, hi - lo, 1.0)
-    return np.where(hi > lo, (stack - lo) / span, 0.0).astype(np.float32)
+def fusion_postprocessing(preprocessing, zero_empty: bool = True, stretch: bool = False):
+    """The MONAI ``Compose`` after the inferer: ``pred`` zero where every source is, clipped to
+    [0, 1] (or stretched per slice), then ``pred``, ``anatomical`` and ``other`` back in the
+    anatomical file's voxel order (``Invertd`` of ``preprocessing``)."""
+    from monai.transforms import Compose, Invertd
+
+    from monai_emma.transforms.empty import ZeroWhereEmptyd
+    from monai_emma.transforms.output_range import FusedRanged
+
+    keys = ("pred", "other", "anatomical")  # the original key last: inverting it uses up its trace
+    return Compose(
+        [
+            ZeroWhereEmptyd("pred", source_key="image", enabled=zero_empty),
+            FusedRanged("pred", stretch=stretch),
+            Invertd(keys, transform=preprocessing, orig_keys=["anatomical"] * 3, nearest_interp=False),
+        ]
+    )
+
+
+def _fuse(
+    job: dict,
+    model: torch.nn.Module | None,
+    device: str | torch.device,
+    batch_size: int | None,
+    amp: bool,
+    progress: bool,
+    zero_empty: bool,
+    stretch: bool,
+    preprocessing,
+) -> FusionResult:
+    from monai_emma.inferers import FusionInferer
+    from monai_emma.io.dictionary import result_from_data
+
+    t0 = time.perf_counter()
+    try:
+        d = preprocessing(job)
+    except RuntimeError as err:  # MONAI wraps transform errors: show ours (one line) as they are
+        cause = transform_cause(err)
+        if isinstance(cause, FusionError | VolumeReadError):
+            raise cause from None
+        raise
+    if model is None:
+        from monai_emma.model_source import resolve_fuser
+
+        model, _ = resolve_fuser()
+    dev = torch.device(device)
+    batch_size = batch_size or (16 if dev.type == "cuda" else 4)
+    model = model.to(dev).eval() if isinstance(model, torch.nn.Module) else model
+    inferer = FusionInferer(sw_batch_size=batch_size, amp=amp, progress=progress, sw_device=dev, device="cpu")
+    pred = inferer(d["image"][None], model)[0]
+    if not torch.isfinite(pred).all():
+        raise FusionError(f"{d['anatomical_volume'].path}: the network produced non-finite values")
+    d["pred"] = pred
+    d = fusion_postprocessing(preprocessing, zero_empty, stretch)(d)
+    return result_from_data(d, seconds=time.perf_counter() - t0)
 
 
 def fuse_volumes(
@@ -149,61 +183,16 @@ def fuse_volumes(
         >>> result.fused.shape == result.anatomical.array.shape  # doctest: +SKIP
         True
     """
-    from monai_emma.inferers import FusionInferer
-    from monai_emma.transforms.geometry import DisplayOrientation, coverage_mask, resample_to_grid
-
-    t0 = time.perf_counter()
-    a, b = _as_volume(anatomical, anatomical_series), _as_volume(other, other_series)
+    a = as_volume(anatomical, anatomical_series)
+    b = as_volume(other, other_series)
     if not (a.is_3d and b.is_3d):
         flat = a if not a.is_3d else b
         raise FusionError(
             f"{flat.path}: a 2D image cannot be fused with a 3D volume; give two 2D images or two volumes"
         )
-    notes: list[str] = []
-    if modality is None:
-        modality, how = guess_modality(b)
-        notes.append(f"modality {modality} ({how})")
-    modality = modality.lower()
-    if modality not in MODALITIES:
-        raise FusionError(f"unknown modality {modality!r}; choose one of {', '.join(MODALITIES)}")
-    a_scaled = ModalityScale("vis" if modality == "ir" else "mri", anatomical_rule)(a.array)
-    b_scaled = ModalityScale(modality, other_rule)(b.array)
-
-    inside = coverage_mask(b.array.shape, b.affine, a.array.shape, a.affine)
-    coverage = float(inside.mean())
-    if coverage == 0.0:
-        raise FusionError(f"{a.path} and {b.path}: the fields of view do not overlap (check both affines)")
-    if coverage < 0.999:
-        notes.append(f"{b.path.name} covers {100 * coverage:.1f}% of the anatomical grid; 0 outside it")
-    b_on_a = resample_to_grid(b_scaled, b.affine, a.array.shape, a.affine) * inside
-
-    orient = DisplayOrientation(a.affine)
-    stack = np.stack([orient.to_display(a_scaled), orient.to_display(b_on_a)])[None]  # (1, 2, H, W, D)
-    if model is None:
-        from monai_emma.model_source import resolve_fuser
-
-        model, _ = resolve_fuser()
-    dev = torch.device(device)
-    batch_size = batch_size or (16 if dev.type == "cuda" else 4)
-    model = model.to(dev).eval() if isinstance(model, torch.nn.Module) else model
-    inferer = FusionInferer(
-        sw_batch_size=batch_size, amp=amp, progress=progress, sw_device=dev, device="cpu", zero_empty=zero_empty
-    )
-    fused = inferer(torch.from_numpy(stack), model)[0, 0].numpy()
-    if not np.isfinite(fused).all():
-        raise FusionError(f"{a.path}: the network produced non-finite values")
-    fused = _stretch_slices(fused) if stretch else np.clip(fused, 0.0, 1.0).astype(np.float32)
-    return FusionResult(
-        fused=orient.from_display(fused),
-        anatomical=a,
-        other=b,
-        anatomical_scaled=a_scaled,
-        other_scaled=b_on_a,
-        modality=modality,
-        coverage=coverage,
-        seconds=time.perf_counter() - t0,
-        notes=notes,
-    )
+    pre = fusion_preprocessing(anatomical_rule=anatomical_rule, other_rule=other_rule)
+    job = {"anatomical": a, "other": b, "modality": modality}
+    return _fuse(job, model, device, batch_size, amp, progress, zero_empty, stretch, pre)
 
 
 def fuse_images(
@@ -234,41 +223,12 @@ def fuse_images(
     Returns:
         A :class:`FusionResult` whose ``fused`` is uint8 (H, W) or (H, W, 3).
     """
-    from monai_emma.fuse2d import fuse_slice_pair, luminance, network_fuser
-
-    t0 = time.perf_counter()
-    a, b = _as_volume(anatomical, None), _as_volume(other, None)
+    a, b = as_volume(anatomical, None), as_volume(other, None)
     if a.is_3d or b.is_3d:
         vol = a if a.is_3d else b
         raise FusionError(f"{vol.path}: a 3D volume cannot be fused with a 2D image; give two 2D images or two volumes")
-    for v in (a, b):
-        if float(v.array.max()) > 255:
-            raise FusionError(f"{v.path}: more than 8 bits per sample; convert to 8-bit or use NIfTI")
-    b_img = b.array
-    if a.array.shape[-2:] != b_img.shape[-2:]:
-        if not resize:
-            raise FusionError(
-                f"{a.path} and {b.path}: sizes differ ({a.array.shape[-2]}x{a.array.shape[-1]} vs "
-                f"{b_img.shape[-2]}x{b_img.shape[-1]}); pass --resize to resample the second image"
-            )
-        import cv2
-
-        h, w = a.array.shape[-2:]
-        b_img = np.stack([cv2.resize(ch, (w, h), interpolation=cv2.INTER_LINEAR) for ch in b_img])
-    if model is None:
-        from monai_emma.model_source import resolve_fuser
-
-        model, _ = resolve_fuser()
-    fused = fuse_slice_pair(network_fuser(model, device, zero_empty), a.array, b_img, stretch=stretch)
-    return FusionResult(
-        fused=fused,
-        anatomical=a,
-        other=b,
-        anatomical_scaled=luminance(a.array),
-        other_scaled=luminance(b_img),
-        modality=(modality or "").lower(),
-        seconds=time.perf_counter() - t0,
-    )
+    job = {"anatomical": a, "other": b, "modality": modality}
+    return _fuse(job, model, device, 1, False, False, zero_empty, stretch, fusion_preprocessing(resize=resize))
 
 
 def default_intensity_table() -> str:

@@ -8,8 +8,6 @@ from typing import Any
 import torch
 from monai.inferers import SliceInferer
 
-from monai_emma.transforms.empty import zero_where_empty
-
 __all__ = ["FusionInferer"]
 
 
@@ -19,8 +17,7 @@ class FusionInferer(SliceInferer):
     Whole slices go through the network, ``sw_batch_size`` at a time (no tiling: the U-Fuser's
     channel attention is global, so tiles would change the result); MONAI's sliding-window
     machinery does the batching, the device placement and the progress bar. On CUDA, ``amp``
-    runs the network under ``torch.autocast`` (float16) and returns float32. With ``zero_empty``
-    the output is 0 wherever both input channels are (:func:`~monai_emma.transforms.zero_where_empty`).
+    runs the network under ``torch.autocast`` (float16) and returns float32.
 
     Args:
         spatial_dim: the slice axis of the (H, W, D) spatial dimensions (2 = the last).
@@ -29,7 +26,6 @@ class FusionInferer(SliceInferer):
         progress: show a progress bar over slice batches.
         sw_device: where the network runs (default: the input's device).
         device: where the output volume is assembled (default: the input's device).
-        zero_empty: zero the output where every input channel is zero (no halo in empty background).
 
     Example:
         >>> net = UFuser().eval()  # doctest: +SKIP
@@ -46,7 +42,6 @@ class FusionInferer(SliceInferer):
         progress: bool = False,
         sw_device: torch.device | str | None = None,
         device: torch.device | str | None = None,
-        zero_empty: bool = True,
     ) -> None:
         super().__init__(
             spatial_dim=spatial_dim,
@@ -59,7 +54,6 @@ class FusionInferer(SliceInferer):
             device=device,
         )
         self.amp = amp
-        self.zero_empty = zero_empty
 
     def __call__(
         self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any
@@ -70,7 +64,4 @@ class FusionInferer(SliceInferer):
         use_amp = self.amp and device.type == "cuda"
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
             out = super().__call__(inputs, network, *args, **kwargs)
-        if not isinstance(out, torch.Tensor):
-            return out
-        out = out.float()
-        return zero_where_empty(out, inputs.to(out.device)) if self.zero_empty else out
+        return out.float() if isinstance(out, torch.Tensor) else out

@@ -45,7 +45,7 @@ def test_metadata_and_the_bundle_models():
 def test_inference_on_volumes_keeps_the_grid(phantom_volume_files, tmp_path):
     data = Path(phantom_volume_files["nifti"]["mri"]).parent
     out = tmp_path / "out"
-    _run("inference.json", dataset_dir=str(data), output_dir=str(out), device="cpu", progress=False)
+    _run("inference.json", dataset_dir=str(data), output_dir=str(out), device="cpu")
     mri = nib.load(str(data / "mri.nii.gz"))
     for name in ("nifti_ct", "nifti_pet", "nifti_spect"):
         fused = nib.load(str(out / f"{name}.nii.gz"))
@@ -59,9 +59,87 @@ def test_inference_on_volumes_keeps_the_grid(phantom_volume_files, tmp_path):
     assert {r["name"] for r in summary} == {"nifti_ct", "nifti_pet", "nifti_spect"}
 
 
+def test_monai_workflow_properties_of_all_three_configs(phantom_root, tmp_path):
+    from monai.bundle import ConfigWorkflow
+
+    for name, kind, where in (
+        ("inference.json", "infer", {"output_dir": str(tmp_path / "infer"), "sample_spacing": 4.0}),
+        ("train_sensors.json", "train", {"run_dir": str(tmp_path / "train"), "dataset_dir": str(phantom_root)}),
+        ("train_fuser.json", "train", {"run_dir": str(tmp_path / "train"), "dataset_dir": str(phantom_root)}),
+    ):
+        workflow = ConfigWorkflow(
+            config_file=str(CONFIGS / name), meta_file=str(CONFIGS / "metadata.json"), workflow_type=kind, **where
+        )
+        workflow.initialize()
+        assert workflow.check_properties() in (None, []), name  # nothing missing, every reference right
+        assert workflow.network_def is not None and workflow.device is not None
+        if kind == "train":
+            assert workflow.max_epochs == workflow.trainer.state.max_epochs and workflow.train_dataset is not None
+            assert workflow.evaluator is not None and type(workflow.trainer).__name__ == "EMMATrainer"
+        else:
+            assert type(workflow.evaluator).__name__ == "SupervisedEvaluator" and len(workflow.dataset) == 6
+
+
+def test_inference_pipeline_is_the_packages(tmp_path):
+    """The bundle's visible Compose lists the same transforms that monai-emma fuse runs."""
+    from monai.bundle import ConfigParser
+
+    from monai_emma.fusion import fusion_postprocessing, fusion_preprocessing
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser.update({"output_dir": str(tmp_path)})
+    pre = parser.get_parsed_content("preprocessing")
+    post = parser.get_parsed_content("postprocessing")
+    ours = fusion_preprocessing()
+    assert [type(t).__name__ for t in pre.transforms] == [type(t).__name__ for t in ours.transforms]
+    names = [type(t).__name__ for t in fusion_postprocessing(ours).transforms]
+    assert [type(t).__name__ for t in post.transforms] == ["SqueezeDimd", *names, "SaveFusiond"]
+
+
+def test_overriding_one_id_changes_one_thing(phantom_volume_files, tmp_path):
+    data = Path(phantom_volume_files["dicom"]["mri"]).parent
+    base, wide, dicom = tmp_path / "base", tmp_path / "wide", tmp_path / "dicom"
+    _run("inference.json", dataset_dir=str(data), output_dir=str(base), device="cpu", preview=False)
+    # another CT window: only the CT fusion changes
+    _run(
+        "inference.json",
+        dataset_dir=str(data),
+        output_dir=str(wide),
+        device="cpu",
+        preview=False,
+        **{"intensity#ct#high": 1500.0},
+    )
+    assert not np.allclose(
+        nib.load(str(base / "dicom_ct.nii.gz")).get_fdata(), nib.load(str(wide / "dicom_ct.nii.gz")).get_fdata()
+    )
+    np.testing.assert_array_equal(
+        nib.load(str(base / "dicom_pet.nii.gz")).get_fdata(), nib.load(str(wide / "dicom_pet.nii.gz")).get_fdata()
+    )
+    # another output format: derived DICOM series instead of NIfTI
+    _run("inference.json", dataset_dir=str(data), output_dir=str(dicom), device="cpu", output_format="dicom")
+    import pydicom
+
+    files = sorted((dicom / "dicom_ct").iterdir())
+    ds = pydicom.dcmread(files[0])
+    assert len(files) == len(list(Path(phantom_volume_files["dicom"]["mri"]).iterdir())) and "DERIVED" in ds.ImageType
+
+
+def test_train_fuser_runs_on_a_fresh_clone_with_the_shipped_sensors(phantom_root, tmp_path):
+    run_dir = tmp_path / "run"
+    small = {"fuser_samples_per_epoch": 4, "fuser_patch_size": 32, "fuser_batch_size": 2}
+    _run(
+        "train_fuser.json", dataset_dir=str(phantom_root), run_dir=str(run_dir), epochs=1, overrides=small, device="cpu"
+    )
+    assert not (run_dir / "models" / "sensors.pt").exists()  # no stage 1: the shipped sensors were used
+    assert (run_dir / "models" / "model.pt").is_file()
+    history = (run_dir / "models" / "stage2_fuser" / "history_fuser.csv").read_text()
+    assert "val_VIF" in history.splitlines()[0]
+
+
 def test_inference_on_2d_pair_folders(phantom_root, tmp_path):
     out = tmp_path / "out"
-    _run("inference.json", dataset_dir=str(phantom_root), output_dir=str(out), device="cpu", progress=False)
+    _run("inference.json", dataset_dir=str(phantom_root), output_dir=str(out), device="cpu")
     assert sorted(p.name for p in (out / "MRI_PET").iterdir()) == ["1.png", "2.png", "3.png", "4.png"]
     assert (out / "MRI_CT_preview.png").is_file() and (out / "MRI_PET_preview.png").is_file()
 
@@ -71,7 +149,7 @@ def test_inference_default_sample_from_another_working_directory(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "inference.json")]
-    cmd += ["--output_dir", str(out), "--sample_spacing", "4.0", "--progress", "False"]
+    cmd += ["--output_dir", str(out), "--sample_spacing", "4.0"]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     names = {p.name for p in out.iterdir()}
@@ -107,7 +185,7 @@ def test_two_stage_training_with_mlflow_and_resume(phantom_root, second_root, tm
     assert any(a.startswith("config_") and a.endswith(".json") for a in artifacts)  # the executed config
     # a second run with more epochs resumes from the epoch-1 checkpoint
     _run("train_sensors.json", **{**common, "epochs": 2})
-    history = (run_dir / "models" / "sensors" / "history_sensors.csv").read_text().splitlines()
+    history = (run_dir / "models" / "stage1_sensors" / "history_sensors.csv").read_text().splitlines()
     assert [row.split(",")[0] for row in history[1:]] == ["1.0", "2.0"]
 
 
@@ -121,7 +199,17 @@ def test_multi_gpu_overlay_on_two_cpu_processes(phantom_root, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (run_dir / "models" / "sensors.pt").is_file()
-    assert len(list((run_dir / "models" / "sensors").glob("sensors_checkpoint_epoch=*.pt"))) == 1
+    assert len(list((run_dir / "models" / "stage1_sensors").glob("sensors_checkpoint_epoch=*.pt"))) == 1
+    # stage 2 on both ranks: each validates its share of the slices, the fusion metrics are gathered
+    configs = f"['{CONFIGS / 'train_fuser.json'}','{CONFIGS / 'multi_gpu_train.json'}']"
+    small = "{'fuser_samples_per_epoch': 8, 'fuser_patch_size': 32, 'fuser_batch_size': 2}"
+    cmd[cmd.index("--config_file") + 1] = configs
+    cmd[cmd.index("--overrides") + 1] = small
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    header, row = (run_dir / "models" / "stage2_fuser" / "history_fuser.csv").read_text().splitlines()
+    values = dict(zip(header.split(","), map(float, row.split(","))))
+    assert values["val_loss"] > 0 and 0 < values["val_SSIM"] <= 2 and (run_dir / "models" / "model.pt").is_file()
 
 
 def test_verify_net_in_out_and_pt2_export(tmp_path):

@@ -7,6 +7,7 @@ and are used unchanged by ``monai-emma train``, the MONAI bundle and the Ray Tra
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -138,9 +139,11 @@ class FuserStep:
         a = batch["a"].to(device, non_blocking=True)
         b = batch["b"].to(device, non_blocking=True)
         n = a.shape[0]
+        inferer = getattr(engine, "inferer", None)
+        network = engine.network if inferer is None else functools.partial(inferer, network=engine.network)
         with _autocast(engine, device):
             parts = self.loss(
-                engine.network,
+                network,
                 a,
                 b,
                 _labels(batch, "a_modality", n),

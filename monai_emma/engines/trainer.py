@@ -68,6 +68,7 @@ class EMMATrainer(Trainer):
         optimizer: its optimiser.
         step: the iteration (:class:`~monai_emma.engines.steps.SensorStep` or ``FuserStep``).
         amp: mixed precision on CUDA.
+        inferer: how the step calls the network (``inferer(inputs, network)``; default: directly).
     """
 
     def __init__(
@@ -79,6 +80,7 @@ class EMMATrainer(Trainer):
         optimizer: torch.optim.Optimizer,
         step: Callable[[Any, Any], dict],
         amp: bool = False,
+        inferer: Callable | None = None,
     ) -> None:
         super().__init__(
             device=device,
@@ -90,6 +92,7 @@ class EMMATrainer(Trainer):
         )
         self.network = network
         self.optimizer = optimizer
+        self.inferer = inferer
 
 
 def save_state(state: dict, path: str | os.PathLike) -> Path:
@@ -187,8 +190,8 @@ class EpochEnd:
                 self._sums[key] = self._sums.get(key, 0.0) + float(value)
         self._count += 1
 
-    def _validation(self) -> dict[str, float]:
-        if self.validator is None:
+    def _validation(self, epoch: int) -> dict[str, float]:
+        if self.validator is None or self.validator.state.epoch != epoch:  # not validated this epoch
             return {}
         out = {}
         for name, value in self.validator.state.metrics.items():
@@ -201,7 +204,7 @@ class EpochEnd:
         row.update({f"train_{k}": v / max(self._count, 1) for k, v in self._sums.items()})
         row["lr"] = float(engine.optimizer.param_groups[0]["lr"])
         row["seconds"] = time.perf_counter() - self._t0
-        row.update(self._validation())
+        row.update(self._validation(engine.state.epoch))
         # trackers (MONAI's MLFlowHandler, attached after this handler) log engine.state.metrics
         engine.state.metrics.update({k: v for k, v in row.items() if k not in ("epoch", "seconds")})
         self.history.append(row)
@@ -264,13 +267,16 @@ def build_stage_trainer(
     progress: bool = True,
     extra_handlers: Sequence[Any] = (),
     final_file: str | None = None,
+    inferer: Callable | None = None,
+    val_interval: int = 1,
 ):
     """An :class:`EMMATrainer` running ``step`` for ``stage_cfg.epochs`` epochs.
 
     Handlers, in order: the learning-rate schedule (StepLR, or cosine decay); a per-epoch
     checkpoint of network, optimiser, scheduler and trainer state
     (``<stage>_checkpoint_epoch=<n>.pt``; resumed automatically when ``resume``); MONAI's
-    ``ValidationHandler`` running ``validator`` (a MONAI evaluator, main rank only) every epoch;
+    ``ValidationHandler`` running ``validator`` (a MONAI evaluator; on every rank, each scoring
+    its share) every ``val_interval`` epochs;
     best-model saving and a CSV history (:class:`EpochEnd`); ``extra_handlers``; a progress bar.
 
     ``extra_handlers`` (e.g. MONAI's ``MLFlowHandler``, which a bundle's ``--tracking mlflow``
@@ -296,7 +302,7 @@ def build_stage_trainer(
     optimizer = torch.optim.Adam(params, lr=stage_cfg.lr)
     scheduler = _scheduler(optimizer, stage_cfg)
     trainer = EMMATrainer(
-        device, stage_cfg.epochs, loader, network, optimizer, step, config.amp and device.type == "cuda"
+        device, stage_cfg.epochs, loader, network, optimizer, step, config.amp and device.type == "cuda", inferer
     )
     LrScheduleHandler(scheduler, print_lr=False, epoch_level=True).attach(trainer)
     save_dict = {"network": network, "optimizer": optimizer, "lr_scheduler": scheduler, "trainer": trainer}
@@ -309,10 +315,9 @@ def build_stage_trainer(
         str(out_dir), save_dict, file_prefix=stage.checkpoint_prefix, save_interval=1, n_saved=1, epoch_level=True
     ).attach(trainer)
     export = export or (lambda net: net.state_dict())
-    # with several ranks only the main one validates (the others would repeat the same work)
-    validator = validator if is_main else None
+    # with several ranks each validates its share of the slices (the evaluator's sampler)
     if validator is not None:
-        ValidationHandler(interval=1, validator=validator, epoch_level=True).attach(trainer)
+        ValidationHandler(interval=val_interval, validator=validator, epoch_level=True).attach(trainer)
     epoch_end = EpochEnd(stage, out_dir, validator, export, is_main=is_main)
     epoch_end.attach(trainer)
     if final_file is not None and is_main:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,10 @@ from monai_emma.networks.sensor_bank import IDENTITY_SENSORS, SensorBank, load_s
 from monai_emma.transforms.equivariance import TransformGroup
 
 __all__ = [
+    "stage_dataset",
+    "stage_network",
+    "stage_validator",
+    "stage_trainer_for",
     "sensor_trainer",
     "fuser_trainer",
     "train_sensors",
@@ -38,7 +42,8 @@ __all__ = [
 logger = logging.getLogger("monai_emma.train")
 
 
-def _dataset(pairs: Sequence[SlicePair], cfg: TrainConfig, stage: Stage) -> PairedPatchDataset:
+def stage_dataset(pairs: Sequence[SlicePair], cfg: TrainConfig, stage: Stage) -> PairedPatchDataset:
+    """The patch dataset of a stage: ``samples_per_epoch`` patches (at least one per pair) per epoch."""
     st = stage.settings(cfg)
     n = st.samples_per_epoch or len(pairs)
     per_image = max(1, -(-n // len(pairs)))
@@ -49,6 +54,38 @@ def _dataset(pairs: Sequence[SlicePair], cfg: TrainConfig, stage: Stage) -> Pair
         seed=cfg.seed + (0 if stage is SENSORS else 1),
         fused_dir=cfg.fused_dir if stage is SENSORS else None,
     )
+
+
+def modalities_of(pairs: Sequence[SlicePair]) -> list[str]:
+    """The modality names of a set of pairs (one pseudo-sensor each)."""
+    return sorted({p.a_modality for p in pairs} | {p.b_modality for p in pairs})
+
+
+def stage_network(stage: Stage, train_pairs: Sequence[SlicePair], cfg: TrainConfig) -> torch.nn.Module:
+    """A new network for a stage, seeded: one pseudo-sensor per modality (stage 1) or a U-Fuser."""
+    if stage is SENSORS:
+        torch.manual_seed(cfg.seed)
+        return SensorBank(modalities_of(train_pairs), preset=cfg.sensor_preset)
+    torch.manual_seed(cfg.seed + 1)
+    return UFuser()
+
+
+def stage_validator(
+    stage: Stage,
+    val_pairs: Sequence[SlicePair],
+    cfg: TrainConfig,
+    device: torch.device,
+    network: torch.nn.Module,
+    sensors: SensorBank | None = None,
+):
+    """The MONAI evaluator of a stage on at most ``cfg.val_slices`` validation slices (stratified),
+    or None without validation pairs."""
+    slices = validation_slices(spread_subset(val_pairs, cfg.val_slices))
+    if not slices:
+        return None
+    if stage is SENSORS:
+        return sensor_validator(slices, device, lambda: network)
+    return fuser_validator(slices, sensors, device, lambda: network)
 
 
 def _distributed(network: torch.nn.Module, device: torch.device, find_unused: bool, trainer_kwargs: dict) -> Any:
@@ -72,42 +109,54 @@ def _distributed(network: torch.nn.Module, device: torch.device, find_unused: bo
     return DistributedDataParallel(network, device_ids=ids, find_unused_parameters=find_unused)
 
 
-def _stage_trainer(
+def stage_trainer_for(
     stage: Stage,
     network: torch.nn.Module,
-    step: Callable,
-    train_pairs: Sequence[SlicePair],
+    dataset: PairedPatchDataset,
     cfg: TrainConfig,
-    out_dir: Path,
+    out_dir: str | os.PathLike,
     device: torch.device,
-    make_validator: Callable[[Callable[[], torch.nn.Module]], Any],
-    export: Callable[[torch.nn.Module], dict],
-    trainer_kwargs: dict,
+    sensors: SensorBank | None = None,
+    validator: Any | None = None,
+    **trainer_kwargs: Any,
 ):
+    """A stage ready to run, from its parts (the bundle builds them in its config): the step of
+    the stage (:class:`SensorStep`, or :class:`FuserStep` against the frozen ``sensors``), the
+    network on ``device`` (DDP-wrapped with ``distributed``), and
+    :func:`~monai_emma.engines.trainer.build_stage_trainer`, which writes
+    ``<out_dir>/<stage weights file>`` when training completes.
+
+    Returns:
+        ``(trainer, epoch_end)``.
+    """
+    device = torch.device(device)
+    network = network.to(device)
+    if stage is SENSORS:
+        step = SensorStep(cfg.stage1_rules, seed=cfg.seed)
+        export = sensor_bank_state
+    else:
+        if sensors is None:
+            raise ValueError("stage 2 needs the frozen pseudo-sensors")
+        sensors = sensors.to(device).freeze()
+        group = TransformGroup(cfg.shifts, cfg.rotations, cfg.reflections)
+        loss = EMMALoss(alpha=cfg.alpha, prior_weight=cfg.prior_weight, prior_gradient_weight=cfg.prior_gradient_weight)
+        step = FuserStep(sensors, loss, group, cfg.seed)
+        export = lambda net: net.state_dict()  # noqa: E731
     wrapped = _distributed(network, device, stage is SENSORS, trainer_kwargs)
     return build_stage_trainer(
         stage,
         wrapped,
         step,
-        _dataset(train_pairs, cfg, stage),
+        dataset,
         stage.settings(cfg),
         cfg,
         out_dir,
         device,
-        validator=make_validator(lambda: network),  # the unwrapped network
+        validator=validator,
         export=lambda net: export(net.module if hasattr(net, "module") else net),
         final_file=stage.weights_file,
         **trainer_kwargs,
     )
-
-
-def modalities_of(pairs: Sequence[SlicePair]) -> list[str]:
-    """The modality names of a set of pairs (one pseudo-sensor each)."""
-    return sorted({p.a_modality for p in pairs} | {p.b_modality for p in pairs})
-
-
-def _validation_slices(val_pairs: Sequence[SlicePair], cfg: TrainConfig) -> list[dict]:
-    return validation_slices(spread_subset(val_pairs, cfg.val_slices))
 
 
 def sensor_trainer(
@@ -129,22 +178,10 @@ def sensor_trainer(
         ``(trainer, epoch_end)`` as :func:`~monai_emma.engines.trainer.build_stage_trainer`.
     """
     device = torch.device(device)
-    torch.manual_seed(cfg.seed)
-    bank = SensorBank(modalities_of(train_pairs), preset=cfg.sensor_preset).to(device)
-    slices = _validation_slices(val_pairs, cfg)
-    step = SensorStep(cfg.stage1_rules, seed=cfg.seed)
-    return _stage_trainer(
-        SENSORS,
-        bank,
-        step,
-        train_pairs,
-        cfg,
-        Path(out_dir),
-        device,
-        lambda net: sensor_validator(slices, device, net) if slices else None,
-        sensor_bank_state,
-        trainer_kwargs,
-    )
+    bank = stage_network(SENSORS, train_pairs, cfg).to(device)
+    validator = stage_validator(SENSORS, val_pairs, cfg, device, bank)
+    dataset = stage_dataset(train_pairs, cfg, SENSORS)
+    return stage_trainer_for(SENSORS, bank, dataset, cfg, out_dir, device, validator=validator, **trainer_kwargs)
 
 
 def fuser_trainer(
@@ -159,24 +196,12 @@ def fuser_trainer(
     """Stage 2, ready to run: the U-Fuser against frozen ``sensors``; ``trainer.run()`` writes
     ``ufuser.pt`` in ``out_dir``. Arguments as :func:`sensor_trainer`."""
     device = torch.device(device)
-    torch.manual_seed(cfg.seed + 1)
-    fuser = UFuser().to(device)
+    fuser = stage_network(FUSER, train_pairs, cfg).to(device)
     sensors = sensors.to(device).freeze()
-    group = TransformGroup(cfg.shifts, cfg.rotations, cfg.reflections)
-    loss = EMMALoss(alpha=cfg.alpha, prior_weight=cfg.prior_weight, prior_gradient_weight=cfg.prior_gradient_weight)
-    step = FuserStep(sensors, loss, group, cfg.seed)
-    slices = _validation_slices(val_pairs, cfg)
-    return _stage_trainer(
-        FUSER,
-        fuser,
-        step,
-        train_pairs,
-        cfg,
-        Path(out_dir),
-        device,
-        lambda net: fuser_validator(slices, sensors, device, net) if slices else None,
-        lambda net: net.state_dict(),
-        trainer_kwargs,
+    validator = stage_validator(FUSER, val_pairs, cfg, device, fuser, sensors)
+    dataset = stage_dataset(train_pairs, cfg, FUSER)
+    return stage_trainer_for(
+        FUSER, fuser, dataset, cfg, out_dir, device, sensors=sensors, validator=validator, **trainer_kwargs
     )
 
 

@@ -1,7 +1,8 @@
 """Per-epoch validation of both stages as MONAI evaluators, run by MONAI's ``ValidationHandler``.
 
 Stage 1 scores the pseudo-sensors (MSE of sensing the mean-rule fusion of each full validation
-slice, ``val_loss``). Stage 2 scores the U-Fuser: the sensing part of the EMMA loss (``val_loss``,
+slice, ``val_loss``). In distributed runs every rank scores its share of the slices and the
+metrics are reduced over ranks. Stage 2 scores the U-Fuser: the sensing part of the EMMA loss (``val_loss``,
 the key metric, lower is better) and :class:`~monai_emma.metrics.FusionMetric` (MI, VIF, Qabf,
 SSIM) of the 8-bit fused image, with empty background kept empty as in deployment.
 """
@@ -59,7 +60,14 @@ def _evaluator(
     score: Callable[[torch.nn.Module, dict], dict[str, Any]],
     additional_metrics: dict | None = None,
 ) -> Evaluator:
-    loader = torch.utils.data.DataLoader(slices, batch_size=1, shuffle=False)
+    sampler = None
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        from monai.data import DistributedSampler
+
+        # every rank scores its share; the metrics gather over ranks (MONAI/ignite do the reduction)
+        sampler = DistributedSampler(slices, shuffle=False, even_divisible=False)
+    loader = torch.utils.data.DataLoader(slices, batch_size=1, shuffle=False, sampler=sampler)
 
     def iteration(engine: Any, batch: dict) -> dict:
         net = network()

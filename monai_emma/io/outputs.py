@@ -1,4 +1,4 @@
-"""Writing a :class:`~monai_emma.fusion.FusionResult`: PNG, NIfTI or a derived DICOM series, an
+"""Writing a :class:`~monai_emma.io.result.FusionResult`: PNG, NIfTI or a derived DICOM series, an
 optional colour rendering and a preview montage. Shared by ``monai-emma fuse`` and the bundle.
 """
 
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from monai_emma.fusion import FusionResult
+    from monai_emma.io.result import FusionResult
 
 __all__ = ["output_format", "colour_path", "preview_slices", "save_preview", "write_fusion", "OUTPUT_FORMATS"]
 
@@ -76,11 +76,11 @@ def save_preview(result: FusionResult, path: str | os.PathLike, colour: np.ndarr
         if colour is not None:
             row.append(colour)
         return save_montage([row], path, titles=titles)
-    from monai_emma.transforms.geometry import DisplayOrientation
+    from monai_emma.transforms.geometry import to_display
 
-    orient = DisplayOrientation(result.anatomical.affine)
-    views = [orient.to_display(v) for v in (result.anatomical_scaled, result.other_scaled, result.fused)]
-    col = None if colour is None else np.stack([orient.to_display(colour[..., c]) for c in range(3)], -1)
+    affine = result.anatomical.affine
+    views = [to_display(v, affine) for v in (result.anatomical_scaled, result.other_scaled, result.fused)]
+    col = None if colour is None else to_display(colour, affine)
     rows = []
     for k in preview_slices(views[0]):
         row = [v[:, :, k] for v in views]

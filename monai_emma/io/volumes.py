@@ -23,7 +23,21 @@ import numpy as np
 from monai_emma.errors import first_line
 from monai_emma.transforms.io import quiet_monai_readers
 
-__all__ = ["Volume", "DicomSeries", "VolumeReadError", "read_volume", "list_dicom_series", "input_kind"]
+__all__ = [
+    "Volume",
+    "DicomSeries",
+    "VolumeReadError",
+    "read_volume",
+    "list_dicom_series",
+    "input_kind",
+    "guess_modality",
+    "as_volume",
+    "MODALITIES",
+]
+
+#: Second-modality names a fusion accepts.
+MODALITIES = ("ct", "pet", "spect", "ir")
+_DICOM_MODALITY = {"CT": "ct", "PT": "pet", "NM": "spect", "ST": "spect"}
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -302,3 +316,18 @@ def read_volume(path: str | os.PathLike, series_uid: str | Sequence[str] | None 
     if vol.is_3d and abs(np.linalg.det(vol.affine[:3, :3])) < 1e-9:
         raise VolumeReadError(f"{p}: degenerate voxel-to-world affine (zero voxel size)")
     return vol
+
+
+def guess_modality(volume: Volume) -> tuple[str, str]:
+    """The second modality from DICOM's ``Modality`` or, failing that, from the values (Hounsfield
+    units go far below zero); returns ``(modality, how)``."""
+    if volume.modality.upper() in _DICOM_MODALITY:
+        return _DICOM_MODALITY[volume.modality.upper()], f"DICOM Modality {volume.modality}"
+    if volume.is_3d and float(volume.array.min()) <= -500:
+        return "ct", "values below -500 (Hounsfield units)"
+    return "pet", "no --modality given; scaled as functional (PET/SPECT) uptake"
+
+
+def as_volume(x: Volume | str | os.PathLike, series_uid: str | Sequence[str] | None = None) -> Volume:
+    """``x`` itself when it is a :class:`Volume`, else :func:`read_volume` of it."""
+    return x if isinstance(x, Volume) else read_volume(x, series_uid)

@@ -7,6 +7,6 @@
 
 from monai_emma.metrics.functional import METRIC_NAMES, batch_fusion_metrics
 from monai_emma.metrics.metric import FusionMetric
-from monai_emma.metrics.pairwise import fusion_metrics, read_gray
+from monai_emma.metrics.pairwise import fusion_metrics, read_gray, warm_up
 
-__all__ = ["METRIC_NAMES", "batch_fusion_metrics", "fusion_metrics", "read_gray", "FusionMetric"]
+__all__ = ["METRIC_NAMES", "batch_fusion_metrics", "fusion_metrics", "read_gray", "FusionMetric", "warm_up"]

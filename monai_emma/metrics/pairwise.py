@@ -10,19 +10,17 @@ import torch
 
 from monai_emma.metrics.functional import batch_fusion_metrics
 
-__all__ = ["fusion_metrics", "read_gray"]
+__all__ = ["fusion_metrics", "read_gray", "warm_up"]
 
 
-def _warm_up() -> None:
-    """Run every code path once on a small image so that the first real call pays no lazy
-    initialisation (kernel selection, allocator growth); done at import."""
+def warm_up() -> None:
+    """Run every code path once on a 256x256 image so that the next calls pay no lazy
+    initialisation (kernel selection, allocator growth). ``monai-emma evaluate`` calls it once
+    before scoring; nothing runs at import."""
     g = torch.Generator().manual_seed(0)
     x = [torch.rand(1, 256, 256, generator=g, dtype=torch.float64) * 255 for _ in range(3)]
     batch_fusion_metrics(x[0].round(), x[1].round(), x[2].round())
     batch_fusion_metrics(*x)
-
-
-_warm_up()
 
 
 def read_gray(path: str | os.PathLike) -> np.ndarray:

@@ -57,6 +57,7 @@ class ZeroWhereEmptyd(MapTransform):
         keys: the fused image(s), (1, spatial...).
         source_key: the sources, (C, spatial...) (e.g. the 2-channel network input ``"image"``).
         tolerance: see :func:`zero_where_empty`.
+        enabled: ``False`` passes the data through (``--no-zero-empty``; bundle ``zero_empty``).
     """
 
     def __init__(
@@ -64,14 +65,18 @@ class ZeroWhereEmptyd(MapTransform):
         keys: KeysCollection,
         source_key: str = "image",
         tolerance: float = EMPTY_TOLERANCE,
+        enabled: bool = True,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.source_key = source_key
         self.tolerance = tolerance
+        self.enabled = enabled
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
+        if not self.enabled:
+            return d
         for key in self.key_iterator(d):
             d[key] = zero_where_empty(d[key], d[self.source_key], self.tolerance, channel_dim=0)
         return d

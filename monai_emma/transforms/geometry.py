@@ -1,10 +1,10 @@
-"""Geometry for volume fusion: resampling onto the anatomical grid and a display orientation.
+"""Geometry for volume fusion: field-of-view coverage, and the display orientation.
 
 Volumes are ``(X, Y, Z)`` arrays with 4×4 voxel-to-RAS+ affines (MONAI's and NIfTI's
 convention). Fusion runs on axial slices in *display orientation* (radiological: anterior at the
-top, the patient's right on the image's left, the way the 2D training slices look), whatever the
-order in which the file stores its axes; :class:`DisplayOrientation` converts there and back
-exactly (axis permutations and flips only, no interpolation).
+top, the patient's right on the image's left, the way the 2D training slices look): MONAI's
+``Orientation`` with axis codes ``"PLS"`` puts any volume there exactly (axis permutations and
+flips only) and ``Invertd`` brings results back; resampling is MONAI's ``ResampleToMatch``.
 """
 
 from __future__ import annotations
@@ -14,40 +14,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-__all__ = ["resample_to_grid", "coverage_mask", "DisplayOrientation"]
+__all__ = ["DISPLAY_AXCODES", "coverage_mask", "to_display"]
 
-
-def resample_to_grid(
-    array: np.ndarray,
-    affine: np.ndarray,
-    shape: Sequence[int],
-    target_affine: np.ndarray,
-    mode: str = "bilinear",
-) -> np.ndarray:
-    """Resample a volume onto another grid with MONAI's ``ResampleToMatch`` (zeros outside).
-
-    Args:
-        array: (X, Y, Z) values.
-        affine: its voxel-to-world affine.
-        shape: the target grid's (X', Y', Z').
-        target_affine: the target grid's affine.
-        mode: interpolation, ``"bilinear"`` (trilinear in 3D) or ``"nearest"``.
-
-    Returns:
-        float32 (X', Y', Z').
-
-    Example:
-        >>> vol = np.ones((4, 4, 4), np.float32)
-        >>> resample_to_grid(vol, np.eye(4), (2, 2, 2), np.diag([2.0, 2.0, 2.0, 1.0])).shape
-        (2, 2, 2)
-    """
-    from monai.data import MetaTensor
-    from monai.transforms import ResampleToMatch
-
-    src = MetaTensor(torch.from_numpy(np.ascontiguousarray(array, np.float32))[None], affine=torch.as_tensor(affine))
-    dst = MetaTensor(torch.empty((1, *shape), dtype=torch.float32), affine=torch.as_tensor(target_affine))
-    out = ResampleToMatch(mode=mode, padding_mode="zeros", dtype=torch.float32)(src, dst)
-    return np.asarray(out.detach().cpu().numpy()[0], np.float32)
+#: MONAI ``Orientation`` codes of the display orientation: rows anterior -> posterior, columns the
+#: patient's right -> left, slices inferior -> superior
+DISPLAY_AXCODES = "PLS"
 
 
 def coverage_mask(
@@ -74,38 +45,23 @@ def coverage_mask(
     return inside
 
 
-class DisplayOrientation:
-    """Exact reorientation between a volume's stored axes and a display stack.
-
-    The display stack is ``(rows, columns, slices)``: axial slices, anterior at row 0, the
-    patient's right in column 0, inferior to superior along the slices.
-
-    Args:
-        affine: the volume's voxel-to-RAS+ affine (the nearest axis-aligned orientation is used).
+def to_display(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """A volume (X, Y, Z) or (X, Y, Z, C) in display orientation (rows, columns, slices[, C]), by
+    MONAI's ``Orientation``.
 
     Example:
-        >>> orient = DisplayOrientation(np.diag([-1.0, 1.0, 2.0, 1.0]))
-        >>> vol = np.arange(24.0).reshape(2, 3, 4)
-        >>> np.array_equal(orient.from_display(orient.to_display(vol)), vol)
-        True
+        >>> to_display(np.arange(8.0).reshape(2, 2, 2), np.eye(4))[:, :, 0]  # RAS: flip x and y, swap
+        array([[6., 2.],
+               [4., 0.]])
     """
+    from monai.data import MetaTensor
+    from monai.transforms import Orientation
 
-    def __init__(self, affine: np.ndarray) -> None:
-        from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
-
-        self.ornt = io_orientation(np.asarray(affine, np.float64))
-        self.back = ornt_transform(axcodes2ornt(("R", "A", "S")), self.ornt)
-
-    def to_display(self, array: np.ndarray) -> np.ndarray:
-        """(X, Y, Z) stored order → (rows, columns, slices)."""
-        from nibabel.orientations import apply_orientation
-
-        ras = apply_orientation(array, self.ornt)
-        return np.ascontiguousarray(ras[::-1, ::-1, :].transpose(1, 0, 2))
-
-    def from_display(self, stack: np.ndarray) -> np.ndarray:
-        """(rows, columns, slices) → the stored (X, Y, Z) order."""
-        from nibabel.orientations import apply_orientation
-
-        ras = stack.transpose(1, 0, 2)[::-1, ::-1, :]
-        return np.ascontiguousarray(apply_orientation(ras, self.back))
+    arr = np.asarray(array)
+    channels = arr.reshape(*arr.shape[:3], -1)
+    img = MetaTensor(
+        torch.from_numpy(np.ascontiguousarray(np.moveaxis(channels, -1, 0))), affine=torch.as_tensor(affine)
+    )
+    out = Orientation(axcodes=DISPLAY_AXCODES, labels=None)(img)
+    out = np.moveaxis(np.asarray(out.detach().cpu().numpy()), 0, -1)
+    return out.reshape(*out.shape[:3], *arr.shape[3:])

@@ -18,6 +18,7 @@ __all__ = [
     "intensity_bounds",
     "ModalityScale",
     "ModalityScaled",
+    "SCALED",
 ]
 
 
@@ -111,9 +112,20 @@ def intensity_bounds(img: np.ndarray, rule: IntensityRule) -> tuple[float, float
     return lo, hi
 
 
+#: meta key of an image already on the network's [0, 1] scale (the luminance of a 2D 8-bit image,
+#: divided by 255 like the training slices): :class:`ModalityScaled` leaves it as it is
+SCALED = "emma_scaled"
+
+
 class ModalityScale(Transform):
     """Scale a scalar image of a given modality to [0, 1] (clipped), following
     :data:`DEFAULT_INTENSITY` or an explicit rule.
+
+    Windows are MONAI's ``ScaleIntensityRange`` (clipped). Percentile rules are computed here
+    rather than with MONAI's ``ScaleIntensityRangePercentiles``, which takes percentiles of all
+    voxels: over a head volume that is mostly air, its 99.5th percentile of an MRI falls inside the
+    brain (and the 0.5th is the background), whereas these rules use the foreground only, and keep
+    zero uptake at zero for PET and SPECT.
 
     Args:
         modality: ``"mri"``, ``"ct"``, ``"pet"``, ``"spect"``, ``"ir"`` or ``"vis"``.
@@ -132,6 +144,12 @@ class ModalityScale(Transform):
         self.rule = rule or DEFAULT_INTENSITY[modality]
 
     def __call__(self, img):
+        if self.rule.kind == "window":
+            from monai.transforms import ScaleIntensityRange
+
+            scale = ScaleIntensityRange(self.rule.low, self.rule.high, 0.0, 1.0, clip=True, dtype=np.float32)
+            out = scale(img.float() if isinstance(img, torch.Tensor) else np.asarray(img, np.float64))
+            return out if isinstance(img, torch.Tensor) else np.asarray(out, np.float32)
         lo, hi = intensity_bounds(img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else img, self.rule)
         if isinstance(img, torch.Tensor):
             return ((img.float() - lo) / (hi - lo)).clamp_(0, 1)
@@ -139,22 +157,51 @@ class ModalityScale(Transform):
 
 
 class ModalityScaled(MapTransform):
-    """Dictionary version of :class:`ModalityScale`: one modality per key."""
+    """Dictionary version of :class:`ModalityScale`.
+
+    Each key's modality is given (``modalities``: one name, or one per key) or read from the
+    data (``modality_key``: e.g. a fusion job's ``"modality"``). Images marked as already scaled
+    (meta ``emma_scaled``: the luminance of 2D 8-bit images, set by
+    :class:`~monai_emma.io.dictionary.LoadFusionPaird`) are left as they are.
+
+    Args:
+        keys: images to scale.
+        modalities: modality per key (or one for all); ``None`` with ``modality_key``.
+        modality_key: the data key holding the modality name.
+        rules: ``{modality: IntensityRule}`` replacing defaults of :data:`DEFAULT_INTENSITY`
+            (e.g. another CT window), or a list with one rule (or ``None``) per key.
+    """
 
     def __init__(
         self,
         keys: KeysCollection,
-        modalities: str | Sequence[str],
-        rules: Sequence[IntensityRule | None] | None = None,
+        modalities: str | Sequence[str] | None = None,
+        rules: Mapping[str, IntensityRule] | Sequence[IntensityRule | None] | None = None,
+        modality_key: str | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        mods = [modalities] * len(self.keys) if isinstance(modalities, str) else list(modalities)
-        rules = list(rules) if rules is not None else [None] * len(mods)
-        self.scalers = dict(zip(self.keys, (ModalityScale(m, r) for m, r in zip(mods, rules))))
+        if modalities is None and modality_key is None:
+            raise ValueError("ModalityScaled needs modalities or a modality_key")
+        if isinstance(modalities, str):
+            modalities = [modalities] * len(self.keys)
+        self.modalities = dict(zip(self.keys, modalities)) if modalities is not None else {}
+        self.modality_key = modality_key
+        if rules is None or isinstance(rules, Mapping):
+            self.rules = {k.lower(): r for k, r in (rules or {}).items()}
+            self.key_rules: dict = {}
+        else:  # one rule per key
+            self.rules, self.key_rules = {}, dict(zip(self.keys, rules))
+
+    def scaler(self, key: Hashable, data: Mapping[Hashable, object]) -> Transform:
+        modality = self.modalities.get(key) or str(data[self.modality_key]).lower()
+        rule = self.key_rules.get(key) or self.rules.get(modality)
+        return ModalityScale(modality, rule)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
-            d[key] = self.scalers[key](d[key])
+            img = d[key]
+            if not getattr(img, "meta", {}).get(SCALED):
+                d[key] = self.scaler(key, d)(img)
         return d

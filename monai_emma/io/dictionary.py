@@ -1,0 +1,223 @@
+"""MONAI dictionary transforms at both ends of the inference pipeline: reading a fusion job's two
+inputs and writing its result. The steps between them are MONAI's and the package's own transforms
+(see :func:`monai_emma.fusion.fusion_preprocessing` and the bundle's ``inference.json``).
+
+A job is a dictionary ``{"anatomical": path, "other": path, "modality": "ct"|"pet"|..., "name": ...}``
+(``modality`` may be missing: it is then guessed).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable, Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform
+
+from monai_emma.errors import FusionError
+from monai_emma.io.result import FusionResult
+from monai_emma.io.volumes import MODALITIES, Volume, as_volume, guess_modality
+from monai_emma.transforms.geometry import DISPLAY_AXCODES
+from monai_emma.transforms.intensity import SCALED
+
+__all__ = ["DISPLAY_AXCODES", "LoadFusionPaird", "SaveFusiond", "result_from_data"]
+
+# a 2D image's (row, column, 1) grid placed in display orientation, so reorienting changes nothing
+_AFFINE_2D = np.array([[0.0, -1.0, 0.0, 0.0], [-1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+
+
+class LoadFusionPaird(MapTransform):
+    """Read a fusion job's anatomical image and second modality as channel-first MetaTensors.
+
+    3D inputs (NIfTI, a DICOM series folder or file) give ``(1, X, Y, Z)`` float32 in their own
+    units with their voxel-to-RAS affines. 2D images (PNG, JPEG, BMP, TIFF) give their luminance
+    Y / 255 as ``(1, H, W, 1)``, the scale of the training slices, marked as scaled (so
+    :class:`~monai_emma.transforms.ModalityScaled` leaves it), on a grid already in display
+    orientation; the second image itself (``<other>_image``, (C, H, W) 0-255) is kept for the
+    colour recombination. Our reader is used rather than MONAI's ``LoadImaged`` alone because it checks
+    DICOM series (several series, missing or uneven slices) and non-finite values, and says what
+    is wrong in one line naming the file.
+
+    Also sets: ``<modality_key>`` (guessed from DICOM tags or Hounsfield values when missing, with
+    a note), ``anatomical_modality`` (``"mri"``, or ``"vis"`` for infrared pairs), ``coverage`` (the
+    share of the anatomical grid inside the second image's field of view), ``notes``, ``kind``
+    (``"volume"`` or ``"slices"``) and ``<key>_volume`` (the :class:`~monai_emma.io.volumes.Volume`
+    read, which the writers need).
+
+    Args:
+        keys: the anatomical key, then the second modality's key.
+        modality_key: where the job's modality is (and goes).
+        series_key: optional SeriesInstanceUID(s) for DICOM folders holding several series.
+        resize: 2D only: resample the second image to the anatomical size when they differ.
+
+    Raises:
+        VolumeReadError: an input is missing or unusable.
+        FusionError: 2D mixed with 3D, an unknown modality, 2D sizes that differ, fields of view
+            that do not overlap.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = ("anatomical", "other"),
+        modality_key: str = "modality",
+        series_key: str = "series_uid",
+        resize: bool = False,
+    ) -> None:
+        super().__init__(keys)
+        if len(self.keys) != 2:
+            raise ValueError("LoadFusionPaird takes two keys: the anatomical image, then the other modality")
+        self.modality_key, self.series_key, self.resize = modality_key, series_key, resize
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        a_key, b_key = self.keys
+        series = d.get(self.series_key)
+        a, b = as_volume(d[a_key], series), as_volume(d[b_key], series)
+        if a.is_3d != b.is_3d:
+            flat = a if not a.is_3d else b
+            raise FusionError(
+                f"{flat.path}: a 2D image cannot be fused with a 3D volume; give two 2D images or two volumes"
+            )
+        notes: list[str] = list(d.get("notes") or [])
+        modality = str(d.get(self.modality_key) or "").lower()
+        if not modality and a.is_3d:  # 2D slices need none: they are scaled by 255 whatever they show
+            modality, how = guess_modality(b)
+            notes.append(f"modality {modality} ({how})")
+        if modality and modality not in MODALITIES:
+            raise FusionError(f"unknown modality {modality!r}; choose one of {', '.join(MODALITIES)}")
+        coverage = 1.0
+        if a.is_3d:
+            from monai_emma.transforms.geometry import coverage_mask
+
+            coverage = float(coverage_mask(b.array.shape, b.affine, a.array.shape, a.affine).mean())
+            if coverage == 0.0:
+                raise FusionError(f"{a.path} and {b.path}: the fields of view do not overlap (check both affines)")
+            if coverage < 0.999:
+                notes.append(f"{b.path.name} covers {100 * coverage:.1f}% of the anatomical grid; 0 outside it")
+            for key, vol in ((a_key, a), (b_key, b)):
+                d[key] = MetaTensor(
+                    torch.from_numpy(np.ascontiguousarray(vol.array, np.float32))[None],
+                    affine=torch.as_tensor(vol.affine, dtype=torch.float64),
+                    meta={"filename_or_obj": str(vol.path)},
+                )
+        else:
+            from monai_emma.fuse2d import luminance
+
+            for v in (a, b):
+                if float(v.array.max()) > 255:
+                    raise FusionError(f"{v.path}: more than 8 bits per sample; convert to 8-bit or use NIfTI")
+            b_img = self._same_size(a, b)
+            for key, vol, img in ((a_key, a, a.array), (b_key, b, b_img)):
+                d[key] = MetaTensor(
+                    torch.from_numpy(luminance(img))[None, :, :, None],
+                    affine=torch.as_tensor(_AFFINE_2D),
+                    meta={"filename_or_obj": str(vol.path), SCALED: True},
+                )
+            d[f"{b_key}_image"] = b_img
+        d[f"{a_key}_volume"], d[f"{b_key}_volume"] = a, b
+        d[self.modality_key] = modality
+        d["anatomical_modality"] = "vis" if modality == "ir" else "mri"
+        d["coverage"], d["notes"], d["kind"] = coverage, notes, "volume" if a.is_3d else "slices"
+        return d
+
+    def _same_size(self, a: Volume, b: Volume) -> np.ndarray:
+        if a.array.shape[-2:] == b.array.shape[-2:]:
+            return b.array
+        if not self.resize:
+            raise FusionError(
+                f"{a.path} and {b.path}: sizes differ ({a.array.shape[-2]}x{a.array.shape[-1]} vs "
+                f"{b.array.shape[-2]}x{b.array.shape[-1]}); pass --resize to resample the second image"
+            )
+        import cv2
+
+        h, w = a.array.shape[-2:]
+        return np.stack([cv2.resize(ch, (w, h), interpolation=cv2.INTER_LINEAR) for ch in b.array])
+
+
+def _numpy(x) -> np.ndarray:
+    return np.asarray(x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x, np.float32)
+
+
+def result_from_data(d: Mapping[Hashable, object], pred_key: str = "pred", seconds: float = 0.0) -> FusionResult:
+    """A :class:`~monai_emma.io.result.FusionResult` from a job after inference and
+    post-processing (``pred``, ``anatomical`` and ``other`` back in the anatomical file's voxel
+    order). 2D jobs give the 8-bit image ``fuse-folder`` writes (colour recombined)."""
+    a, b = d["anatomical_volume"], d["other_volume"]
+    fused = _numpy(d[pred_key])[0]
+    a_scaled, b_scaled = _numpy(d["anatomical"])[0], _numpy(d["other"])[0]
+    if d["kind"] == "slices":
+        from monai_emma.fuse2d import to_8bit
+
+        fused, a_scaled, b_scaled = fused[..., 0], a_scaled[..., 0], b_scaled[..., 0]
+        fused = to_8bit(fused, np.asarray(d["other_image"]))
+    return FusionResult(
+        fused=fused,
+        anatomical=a,
+        other=b,
+        anatomical_scaled=a_scaled,
+        other_scaled=b_scaled,
+        modality=str(d["modality"]),
+        coverage=float(d.get("coverage", 1.0)),
+        seconds=seconds,
+        notes=list(d.get("notes") or []),
+    )
+
+
+class SaveFusiond(MapTransform):
+    """Write a job's fused image with :func:`~monai_emma.io.outputs.write_fusion`: NIfTI (the
+    anatomical grid and header), a derived DICOM series, or PNG for 2D jobs; optionally a colour
+    rendering (PET/SPECT) and a preview montage. Files go to temporary names first.
+
+    Writes ``<output_dir>/<name><ext>`` (``name`` from ``name_key``; ``/`` makes sub-folders) and
+    records what it wrote in ``d["files"]``.
+
+    Args:
+        keys: the fused image (``"pred"``), in the anatomical file's voxel order.
+        output_dir: the folder.
+        output_format: ``"nifti"`` or ``"dicom"`` for volumes (2D jobs always give PNG).
+        colormap: colour rendering of PET/SPECT jobs (``None``: none).
+        preview: also write ``<name>_preview.png``.
+        name_key: the job's name.
+        overwrite: replace existing outputs.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "pred",
+        output_dir: str | os.PathLike = "eval",
+        output_format: str = "nifti",
+        colormap: str | None = "jet",
+        preview: bool = True,
+        name_key: str = "name",
+        overwrite: bool = True,
+    ) -> None:
+        super().__init__(keys)
+        if output_format not in ("nifti", "dicom"):
+            raise ValueError(f"output_format must be 'nifti' or 'dicom' (2D jobs give PNG), not {output_format!r}")
+        self.output_dir, self.output_format = Path(output_dir), output_format
+        self.colormap, self.preview, self.name_key, self.overwrite = colormap, preview, name_key, overwrite
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        from monai_emma.io.outputs import write_fusion
+
+        d = dict(data)
+        for key in self.key_iterator(d):
+            result = result_from_data(d, key)
+            name = str(d.get(self.name_key) or Path(str(result.anatomical.path)).stem)
+            volume = d["kind"] == "volume"
+            fmt = self.output_format if volume else "png"
+            out = self.output_dir / (name + {"nifti": ".nii.gz", "dicom": "", "png": ".png"}[fmt])
+            out.parent.mkdir(parents=True, exist_ok=True)
+            colour = self.colormap if volume and result.modality in ("pet", "spect") else None
+            preview = self.output_dir / f"{name}_preview.png" if self.preview and volume else None
+            d["files"] = {
+                k: str(v)
+                for k, v in write_fusion(
+                    result, out, fmt=fmt, colormap=colour, preview=preview, overwrite=self.overwrite
+                ).items()
+            }
+        return d

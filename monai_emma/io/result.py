@@ -1,0 +1,43 @@
+"""What a fusion produced (shared by the fusion functions, the dictionary transforms and the writers)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from monai_emma.io.volumes import Volume
+
+__all__ = ["FusionResult"]
+
+
+@dataclass
+class FusionResult:
+    """What a fusion produced.
+
+    Attributes:
+        fused: 3D: float32 (X, Y, Z) in [0, 1] on the anatomical grid and voxel order; 2D: uint8
+            (H, W) grey or (H, W, 3) colour, the image that ``fuse-folder`` writes.
+        anatomical: the anatomical input.
+        other: the second input (on its own grid).
+        anatomical_scaled: the anatomical image in [0, 1] as the network saw it (anatomical grid).
+        other_scaled: the second modality in [0, 1] on the anatomical grid.
+        modality: the second modality used for scaling (``"ct"``, ``"pet"``, ``"spect"``, ``"ir"``).
+        coverage: the fraction of anatomical voxels inside the second modality's field of view.
+        seconds: wall time of the whole fusion, reading included.
+        notes: remarks worth showing the user (guessed modality, partial overlap…).
+    """
+
+    fused: np.ndarray
+    anatomical: Volume
+    other: Volume
+    anatomical_scaled: np.ndarray
+    other_scaled: np.ndarray
+    modality: str
+    coverage: float = 1.0
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def is_3d(self) -> bool:
+        return self.anatomical.is_3d
