@@ -60,29 +60,25 @@ def make_inputs(folder: Path, shape=(256, 256, 128), pet_spacing: float = 2.0) -
 
 
 def run_once(mri: Path, pet: Path, out: Path, net, device: str, batch: int, amp: bool) -> dict[str, float]:
-    """One end-to-end fusion with a per-stage breakdown (the same calls as ``fuse_volumes``)."""
+    """One end-to-end fusion with a per-stage breakdown: the pipeline ``fuse_volumes`` runs (read,
+    scale, resample, reorient; fuse; post-process and back to the file's voxel order; write)."""
+    from monai_emma.fusion import fusion_postprocessing, fusion_preprocessing
     from monai_emma.inferers import FusionInferer
+    from monai_emma.io.dictionary import result_from_data
     from monai_emma.io.nifti import save_nifti_like
-    from monai_emma.io.volumes import read_volume
-    from monai_emma.transforms.geometry import DisplayOrientation, coverage_mask, resample_to_grid
-    from monai_emma.transforms.intensity import ModalityScale
 
     t = {"start": time.perf_counter()}
-    a, b = read_volume(mri), read_volume(pet)
-    t["read"] = time.perf_counter()
-    a_s, b_s = ModalityScale("mri")(a.array), ModalityScale("pet")(b.array)
-    t["scale"] = time.perf_counter()
-    inside = coverage_mask(b.array.shape, b.affine, a.array.shape, a.affine)
-    b_on_a = resample_to_grid(b_s, b.affine, a.array.shape, a.affine) * inside
-    t["resample"] = time.perf_counter()
-    orient = DisplayOrientation(a.affine)
-    stack = torch.from_numpy(np.stack([orient.to_display(a_s), orient.to_display(b_on_a)])[None])
+    pre = fusion_preprocessing()
+    d = pre({"anatomical": str(mri), "other": str(pet), "modality": "pet"})
+    t["read+scale+resample"] = time.perf_counter()
     inferer = FusionInferer(sw_batch_size=batch, amp=amp, sw_device=device, device="cpu")
-    fused = inferer(stack, net)[0, 0].numpy()
+    d["pred"] = inferer(d["image"][None], net)[0]
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     t["fuse"] = time.perf_counter()
-    save_nifti_like(orient.from_display(np.clip(fused, 0, 1)), a, out, overwrite=True)
+    result = result_from_data(fusion_postprocessing(pre)(d))
+    t["post"] = time.perf_counter()
+    save_nifti_like(result.fused, result.anatomical, out, overwrite=True)
     t["write"] = time.perf_counter()
     keys = list(t)
     return {k: t[k] - t[p] for p, k in zip(keys, keys[1:])} | {"total": t["write"] - t["start"]}

@@ -277,8 +277,10 @@ def load_pair(pair: SlicePair) -> dict:
     except SliceReadError as err:
         raise PairDataError(str(err)) from err
     except RuntimeError as err:  # Compose wraps transform errors
-        cause = err.__cause__ if isinstance(err.__cause__, SliceReadError) else None
-        if cause is None:
+        from monai_emma.errors import transform_cause
+
+        cause = transform_cause(err)
+        if not isinstance(cause, SliceReadError):
             raise
         raise PairDataError(str(cause)) from err
     out = {k: torch.as_tensor(np.ascontiguousarray(v)) for k, v in d.items() if not k.endswith("_is_colour")}

@@ -37,6 +37,8 @@ __all__ = [
     "weights_info",
     "bundle_models_dir",
     "get_weights",
+    "load_ufuser",
+    "load_sensors",
 ]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent
@@ -182,3 +184,25 @@ def get_weights(name: str | _WeightsEnum, kind: str = "ufuser") -> _WeightsEnum:
     except KeyError:
         shipped = ", ".join(m.lower() for m in enum.__members__)
         raise KeyError(f"unknown weight set {name!r}; shipped: {shipped}") from None
+
+
+def load_ufuser(name: str = "default", map_location: str | torch.device = "cpu"):
+    """Deprecated (removed in the next release): ``monai_emma.networks.ufuser(weights=get_weights(name))``."""
+    import warnings
+
+    from monai_emma.networks import ufuser
+
+    warnings.warn("load_ufuser is deprecated; use networks.ufuser(weights=UFuserWeights.X)", DeprecationWarning, 2)
+    return ufuser(weights=get_weights(name)).to(map_location)
+
+
+def load_sensors(name: str = "default", map_location: str | torch.device = "cpu"):
+    """Deprecated (removed in the next release): ``monai_emma.networks.pseudo_sensors(weights=...)``."""
+    import warnings
+
+    from monai_emma.networks import pseudo_sensors
+
+    warnings.warn(
+        "load_sensors is deprecated; use networks.pseudo_sensors(weights=SensorWeights.X)", DeprecationWarning, 2
+    )
+    return pseudo_sensors(weights=get_weights(name, "sensors")).to(map_location)
