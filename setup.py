@@ -48,6 +48,7 @@ setup(
         "PyWavelets>=1.5",
         "tqdm>=4.60",
         "opencv-python-headless>=4.8",
+        "pynrrd>=1.0",  # NRRD volumes (MONAI's NrrdReader)
     ],
     extras_require={
         "tracking": TRACKING,

@@ -13,6 +13,8 @@ __all__ = ["EXTRAS", "MissingExtraError", "require"]
 
 #: which extra provides which top-level module
 EXTRAS = {"mlflow": "tracking", "psutil": "tracking", "ray": "distributed"}
+#: pip names of modules that differ from them
+PIP_NAMES = {"nrrd": "pynrrd", "h5py": "h5py"}
 
 
 class MissingExtraError(ImportError):
@@ -31,5 +33,5 @@ def require(module: str, feature: str) -> ModuleType:
     except ImportError as err:
         top = module.split(".")[0]
         extra = EXTRAS.get(top)
-        hint = f"pip install 'monai-emma[{extra}]'" if extra else f"pip install {top}"
+        hint = f"pip install 'monai-emma[{extra}]'" if extra else f"pip install {PIP_NAMES.get(top, top)}"
         raise MissingExtraError(f"{feature} needs {top}, which is not installed: {hint}") from err

@@ -93,7 +93,11 @@ class LoadFusionPaird(MapTransform):
         if a.is_3d:
             from monai_emma.transforms.geometry import coverage_mask
 
-            coverage = float(coverage_mask(b.array.shape, b.affine, a.array.shape, a.affine).mean())
+            for vol in (a, b):
+                if vol.nonfinite:
+                    notes.append(f"{vol.path.name}: {vol.nonfinite} NaN/infinite voxel(s) treated as no data (0)")
+            valid = np.isfinite(b.array) if b.nonfinite else None
+            coverage = float(coverage_mask(b.array.shape, b.affine, a.array.shape, a.affine, valid).mean())
             if coverage == 0.0:
                 raise FusionError(f"{a.path} and {b.path}: the fields of view do not overlap (check both affines)")
             if coverage < 0.999:

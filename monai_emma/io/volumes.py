@@ -41,6 +41,28 @@ _DICOM_MODALITY = {"CT": "ct", "PT": "pet", "NM": "spect", "ST": "spect"}
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+#: 3D formats read with nibabel (its own loaders: MONAI's NibabelReader takes NIfTI and MGH only)
+#: and NRRD (MONAI's NrrdReader, pynrrd); the kind names the format in messages
+VOLUME_SUFFIXES = {
+    ".nii.gz": "nifti",
+    ".nii": "nifti",
+    ".hdr": "analyze",
+    ".img": "analyze",
+    ".mgz": "mgh",
+    ".mgh": "mgh",
+    ".mnc": "minc",
+    ".v": "ecat",
+    ".nrrd": "nrrd",
+    ".nhdr": "nrrd",
+}
+_FORMAT_NAMES = {
+    "nifti": "NIfTI",
+    "analyze": "Analyze",
+    "mgh": "FreeSurfer MGH/MGZ",
+    "minc": "MINC",
+    "ecat": "ECAT",
+    "nrrd": "NRRD",
+}
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
@@ -71,10 +93,13 @@ class Volume:
         array: float32; ``(X, Y, Z)`` for volumes, ``(C, H, W)`` on a 0-255 scale for 2D images.
         affine: 4×4 voxel index → RAS+ mm (identity for 2D images).
         path: the file or folder it came from.
-        kind: ``"image2d"``, ``"nifti"`` or ``"dicom"``.
+        kind: ``"image2d"``, ``"dicom"``, or the 3D file format (``"nifti"``, ``"analyze"``,
+            ``"mgh"``, ``"minc"``, ``"ecat"``, ``"nrrd"``).
         files: the DICOM files of the series (empty otherwise).
         modality: the DICOM ``Modality`` (``"MR"``, ``"CT"``, ``"PT"``, ``"NM"``…) when known.
         series_uid: the DICOM ``SeriesInstanceUID`` when known.
+        nonfinite: how many voxels are NaN or infinite ("no data", e.g. outside the field of view
+            of a resampled volume); they stay in ``array`` and count as empty downstream.
     """
 
     array: np.ndarray
@@ -84,6 +109,7 @@ class Volume:
     files: list[Path] = field(default_factory=list)
     modality: str = ""
     series_uid: str = ""
+    nonfinite: int = 0
 
     @property
     def is_3d(self) -> bool:
@@ -103,20 +129,22 @@ class Volume:
 
 
 def input_kind(path: str | os.PathLike) -> str:
-    """``"image2d"``, ``"nifti"`` or ``"dicom"`` from the path alone (folders are DICOM series)."""
+    """``"image2d"``, ``"dicom"`` or a 3D file format (see :class:`Volume`) from the path alone
+    (folders are DICOM series)."""
     p = Path(path)
     name = p.name.lower()
     if p.is_dir():
         return "dicom"
-    if name.endswith(NIFTI_SUFFIXES):
-        return "nifti"
+    for suffix, kind in VOLUME_SUFFIXES.items():
+        if name.endswith(suffix):
+            return kind
     if name.endswith(IMAGE_SUFFIXES):
         return "image2d"
     if name.endswith((".dcm", ".dicom", ".ima")) or _is_dicom_file(p):
         return "dicom"
     raise VolumeReadError(
-        f"{p}: unknown input format (expected a 2D image {', '.join(IMAGE_SUFFIXES)}, NIfTI .nii/.nii.gz, "
-        "a DICOM file or a DICOM series folder)"
+        f"{p}: unknown input format (expected a 2D image {', '.join(IMAGE_SUFFIXES)}, a volume "
+        f"{', '.join(VOLUME_SUFFIXES)}, a DICOM file or a DICOM series folder)"
     )
 
 
@@ -252,22 +280,47 @@ def _read_dicom(path: Path, series_uid: str | Sequence[str] | None) -> Volume:
     return Volume(array, affine, path, "dicom", files=list(files), modality=modality, series_uid=uid)
 
 
-def _read_nifti(path: Path) -> Volume:
-    from monai.transforms import LoadImage
-
-    try:
-        with quiet_monai_readers():
-            img = LoadImage(reader="NibabelReader", image_only=True, dtype=np.float32)(str(path))
-    except Exception as err:
-        raise VolumeReadError(f"{path}: not a readable NIfTI file ({first_line(err)})") from err
-    array = np.asarray(img, np.float32)
+def _as_3d(array: np.ndarray, path: Path) -> np.ndarray:
+    """Trailing singleton dimensions (a 4th of length 1) squeezed; 2D becomes one slice; true 4D refused."""
     while array.ndim > 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3:
         raise VolumeReadError(f"{path}: expected a 3D volume, got shape {tuple(array.shape)} (4D series are not fused)")
-    return Volume(array, np.asarray(img.affine, np.float64), path, "nifti")
+    return array
+
+
+def _read_nibabel(path: Path, kind: str) -> Volume:
+    """NIfTI-1/2, Analyze, MGH/MGZ, MINC1 (and MINC2 with h5py), ECAT, through nibabel: values with
+    the file's scaling applied, the voxel-to-RAS affine nibabel reports."""
+    import nibabel as nib
+
+    try:
+        img = nib.ecat.load(str(path)) if kind == "ecat" else nib.load(str(path))
+        array = np.asarray(img.get_fdata(dtype=np.float32))
+        affine = np.asarray(img.affine, np.float64)
+    except ModuleNotFoundError as err:  # MINC2 is HDF5
+        raise VolumeReadError(
+            f"{path}: reading this {_FORMAT_NAMES[kind]} file needs {err.name}: pip install {err.name}"
+        ) from err
+    except Exception as err:
+        raise VolumeReadError(f"{path}: not a readable {_FORMAT_NAMES[kind]} file ({first_line(err)})") from err
+    return Volume(_as_3d(array, path), affine, path, kind)
+
+
+def _read_nrrd(path: Path) -> Volume:
+    from monai.transforms import LoadImage
+
+    from monai_emma.extras import require
+
+    require("nrrd", f"reading {path}")
+    try:
+        with quiet_monai_readers():
+            img = LoadImage(reader="NrrdReader", image_only=True, dtype=np.float32)(str(path))
+    except Exception as err:
+        raise VolumeReadError(f"{path}: not a readable NRRD file ({first_line(err)})") from err
+    return Volume(_as_3d(np.asarray(img, np.float32), path), np.asarray(img.affine, np.float64), path, "nrrd")
 
 
 def _read_image2d(path: Path) -> Volume:
@@ -281,7 +334,9 @@ def _read_image2d(path: Path) -> Volume:
 
 
 def read_volume(path: str | os.PathLike, series_uid: str | Sequence[str] | None = None) -> Volume:
-    """Read a 2D image, a NIfTI volume, a DICOM file or a DICOM series folder.
+    """Read a 2D image, a volume (NIfTI-1/2, Analyze, MGH/MGZ, MINC, ECAT, NRRD), a DICOM file or a
+    DICOM series folder. NaN and infinite voxels are kept and counted (``Volume.nonfinite``): they
+    mean "no data" downstream.
 
     Args:
         path: the input.
@@ -293,7 +348,7 @@ def read_volume(path: str | os.PathLike, series_uid: str | Sequence[str] | None 
         The :class:`Volume`.
 
     Raises:
-        VolumeReadError: missing, unreadable or unusable input (non-finite voxels, several series
+        VolumeReadError: missing, unreadable or unusable input (no finite voxel, 4D, several series
             without a choice, inconsistent slices…); one line naming the input.
 
     Example:
@@ -307,12 +362,19 @@ def read_volume(path: str | os.PathLike, series_uid: str | Sequence[str] | None 
     if p.is_file() and p.stat().st_size == 0:
         raise VolumeReadError(f"{p}: empty file")
     kind = input_kind(p)
-    vol = {"nifti": _read_nifti, "image2d": _read_image2d}[kind](p) if kind != "dicom" else _read_dicom(p, series_uid)
-    bad = int(np.size(vol.array) - np.count_nonzero(np.isfinite(vol.array)))
-    if bad:
-        raise VolumeReadError(f"{p}: {bad} non-finite voxel value(s) (NaN or infinity)")
+    if kind == "dicom":
+        vol = _read_dicom(p, series_uid)
+    elif kind == "image2d":
+        vol = _read_image2d(p)
+    elif kind == "nrrd":
+        vol = _read_nrrd(p)
+    else:
+        vol = _read_nibabel(p, kind)
     if vol.array.size == 0:
         raise VolumeReadError(f"{p}: empty image")
+    vol.nonfinite = int(np.size(vol.array) - np.count_nonzero(np.isfinite(vol.array)))
+    if vol.nonfinite == vol.array.size:
+        raise VolumeReadError(f"{p}: no finite voxel value (all NaN or infinity)")
     if vol.is_3d and abs(np.linalg.det(vol.affine[:3, :3])) < 1e-9:
         raise VolumeReadError(f"{p}: degenerate voxel-to-world affine (zero voxel size)")
     return vol

@@ -22,11 +22,17 @@ DISPLAY_AXCODES = "PLS"
 
 
 def coverage_mask(
-    shape: Sequence[int], affine: np.ndarray, target_shape: Sequence[int], target_affine: np.ndarray
+    shape: Sequence[int],
+    affine: np.ndarray,
+    target_shape: Sequence[int],
+    target_affine: np.ndarray,
+    valid: np.ndarray | None = None,
 ) -> np.ndarray:
     """Which voxels of the target grid lie inside the field of view of a (shape, affine) grid.
 
-    A voxel counts when its centre falls within the source grid's outer voxel boundaries.
+    A voxel counts when its centre falls within the source grid's outer voxel boundaries and, with
+    ``valid`` (a boolean array on the source grid, e.g. its finite voxels), when the nearest source
+    voxel is valid.
 
     Returns:
         bool (X', Y', Z').
@@ -34,6 +40,7 @@ def coverage_mask(
     to_src = np.linalg.inv(affine) @ target_affine
     axes = [np.arange(n, dtype=np.float64) for n in target_shape]
     inside = np.ones(tuple(target_shape), bool)
+    nearest = []
     for a in range(3):
         idx = (
             to_src[a, 0] * axes[0][:, None, None]
@@ -42,6 +49,10 @@ def coverage_mask(
             + to_src[a, 3]
         )
         inside &= (idx >= -0.5) & (idx <= shape[a] - 0.5)
+        if valid is not None:
+            nearest.append(np.clip(np.round(idx), 0, shape[a] - 1).astype(np.intp))
+    if valid is not None:
+        inside &= np.asarray(valid, bool)[tuple(nearest)]
     return inside
 
 

@@ -94,10 +94,14 @@ DEFAULT_INTENSITY: dict[str, IntensityRule] = {
 
 
 def intensity_bounds(img: np.ndarray, rule: IntensityRule) -> tuple[float, float]:
-    """The values that map to 0 and 1 under ``rule`` for this image."""
+    """The values that map to 0 and 1 under ``rule`` for this image (NaN and infinite voxels,
+    "no data", take no part)."""
     if rule.kind == "window":
         return rule.low, rule.high
     arr = np.asarray(img, np.float64)
+    arr = arr[np.isfinite(arr)]
+    if arr.size == 0:
+        return 0.0, 1.0
     floor = float(arr.min())
     fg = arr[arr > floor]
     if fg.size == 0:  # constant image
@@ -131,6 +135,8 @@ class ModalityScale(Transform):
         modality: ``"mri"``, ``"ct"``, ``"pet"``, ``"spect"``, ``"ir"`` or ``"vis"``.
         rule: overrides the modality's default.
 
+    NaN and infinite voxels ("no data") take no part in percentiles and are 0 after scaling.
+
     Example:
         >>> ModalityScale("ct")(np.array([-1000.0, 100.0, 1000.0]))
         array([0. , 0.5, 1. ], dtype=float32)
@@ -149,11 +155,17 @@ class ModalityScale(Transform):
 
             scale = ScaleIntensityRange(self.rule.low, self.rule.high, 0.0, 1.0, clip=True, dtype=np.float32)
             out = scale(img.float() if isinstance(img, torch.Tensor) else np.asarray(img, np.float64))
-            return out if isinstance(img, torch.Tensor) else np.asarray(out, np.float32)
-        lo, hi = intensity_bounds(img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else img, self.rule)
+        else:
+            lo, hi = intensity_bounds(img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else img, self.rule)
+            if isinstance(img, torch.Tensor):
+                out = ((img.float() - lo) / (hi - lo)).clamp_(0, 1)
+            else:
+                out = np.clip((np.asarray(img, np.float64) - lo) / (hi - lo), 0, 1)
+        # NaN and infinite voxels mean "no data": zero after scaling
         if isinstance(img, torch.Tensor):
-            return ((img.float() - lo) / (hi - lo)).clamp_(0, 1)
-        return np.clip((np.asarray(img, np.float64) - lo) / (hi - lo), 0, 1).astype(np.float32)
+            return out.masked_fill_(~torch.isfinite(img.to(out.device)), 0.0)
+        out = np.asarray(out.detach().cpu().numpy() if isinstance(out, torch.Tensor) else out, np.float32)
+        return np.where(np.isfinite(np.asarray(img, np.float64)), out, np.float32(0.0))
 
 
 class ModalityScaled(MapTransform):
