@@ -49,11 +49,16 @@ setup(
         "tqdm>=4.60",
         "opencv-python-headless>=4.8",
         "pynrrd>=1.0",  # NRRD volumes (MONAI's NrrdReader)
+        # compressed DICOM (JPEG baseline/lossless, JPEG-LS, JPEG 2000, RLE) through pydicom's
+        # plugins; BSD-licensed, unlike pylibjpeg-libjpeg (GPL-3.0), which only 12-bit JPEG Extended needs
+        "python-gdcm>=3.0",
     ],
     extras_require={
         "tracking": TRACKING,
         "distributed": DISTRIBUTED,
         "all": TRACKING + DISTRIBUTED,
+        # 12-bit JPEG Extended DICOM (GPL-3.0 decoder): not part of [all]
+        "jpeg12": ["pylibjpeg>=2.0", "pylibjpeg-libjpeg>=2.1"],
         "dev": TRACKING
         + DISTRIBUTED
         + [

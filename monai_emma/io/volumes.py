@@ -33,6 +33,7 @@ __all__ = [
     "guess_modality",
     "as_volume",
     "MODALITIES",
+    "COMPRESSED_SYNTAXES",
 ]
 
 #: Second-modality names a fusion accepts.
@@ -231,6 +232,37 @@ def _check_series_headers(folder: Path, files: Sequence[Path], headers: Sequence
     return [r[1] for r in rows], [r[2] for r in rows]
 
 
+#: compressed transfer syntaxes that python-gdcm (a dependency) decodes through pydicom
+COMPRESSED_SYNTAXES = {
+    "1.2.840.10008.1.2.4.50": "JPEG Baseline (8-bit)",
+    "1.2.840.10008.1.2.4.51": "JPEG Extended (8-bit; 12-bit needs pylibjpeg-libjpeg)",
+    "1.2.840.10008.1.2.4.57": "JPEG Lossless (process 14)",
+    "1.2.840.10008.1.2.4.70": "JPEG Lossless (process 14, selection value 1)",
+    "1.2.840.10008.1.2.4.80": "JPEG-LS Lossless",
+    "1.2.840.10008.1.2.4.81": "JPEG-LS Near-Lossless",
+    "1.2.840.10008.1.2.4.90": "JPEG 2000 Lossless",
+    "1.2.840.10008.1.2.4.91": "JPEG 2000",
+    "1.2.840.10008.1.2.5": "RLE Lossless",
+}
+
+
+def _dicom_read_problem(header, err: Exception) -> str:
+    """One line on why a series' pixels could not be read, naming the transfer syntax when the
+    trouble is decoding it."""
+    meta = getattr(header, "file_meta", None)
+    uid = str(getattr(meta, "TransferSyntaxUID", "") or "")
+    text = str(err)
+    if "decode" in text.lower() or "plugin" in text.lower():
+        name = getattr(getattr(meta, "TransferSyntaxUID", None), "name", uid) or "its transfer syntax"
+        if uid == "1.2.840.10008.1.2.4.51" and int(getattr(header, "BitsStored", 8) or 8) > 8:
+            return (
+                "12-bit JPEG Extended pixel data needs pylibjpeg-libjpeg (GPL-3.0, so not installed by default): "
+                "pip install pylibjpeg pylibjpeg-libjpeg"
+            )
+        return f"cannot decode its {name} pixel data ({first_line(err)})"
+    return f"not a readable DICOM series ({first_line(err)})"
+
+
 def _read_dicom(path: Path, series_uid: str | Sequence[str] | None) -> Volume:
     from monai.data import PydicomReader
     from monai.transforms import LoadImage
@@ -262,7 +294,7 @@ def _read_dicom(path: Path, series_uid: str | Sequence[str] | None) -> Volume:
             warnings.simplefilter("ignore")
             img = LoadImage(reader=reader, image_only=True, dtype=np.float32)(str(source))
     except Exception as err:
-        raise VolumeReadError(f"{path}: not a readable DICOM series ({first_line(err)})") from err
+        raise VolumeReadError(f"{path}: {_dicom_read_problem(headers[0], err)}") from err
     array = np.asarray(img, np.float32)
     affine = np.asarray(img.affine, np.float64)
     if array.ndim == 2:  # one slice: give it a thickness along the slice normal
