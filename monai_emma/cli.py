@@ -246,6 +246,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
                 stretch=args.stretch,
                 progress=not args.quiet,
                 zero_empty=not args.no_zero_empty,
+                suv=args.suv,
             )
         else:
             result = fuse_images(
@@ -392,7 +393,20 @@ def build_parser() -> argparse.ArgumentParser:
     fu.add_argument("--output-format", choices=["png", "nifti", "dicom"], help="default: from the --output suffix")
     fu.add_argument("--modality", choices=["ct", "pet", "spect", "ir"], help="second modality (default: guessed)")
     fu.add_argument("--series-uid", action="append", help="SeriesInstanceUID to read from a folder of several series")
-    fu.add_argument("--window", help="intensity window LOW,HIGH of the second modality (CT default: -100,300 HU)")
+    fu.add_argument(
+        "--window",
+        help="intensity window LOW,HIGH of the second modality (CT default: -100,300 HU; PET in SUV: e.g. 0,8)",
+    )
+    suv = fu.add_mutually_exclusive_group()
+    suv.add_argument(
+        "--suv",
+        dest="suv",
+        action="store_const",
+        const="on",
+        default="auto",
+        help="PET DICOM in body-weight SUV, or an error naming the missing tag (default: automatic when the tags allow)",
+    )
+    suv.add_argument("--no-suv", dest="suv", action="store_const", const="off", help="keep PET in stored units")
     fu.add_argument("--percentiles", help="foreground percentiles LOW,HIGH of the second modality (PET/SPECT: 0,99.5)")
     fu.add_argument("--mri-percentiles", help="foreground percentiles LOW,HIGH of the anatomical image (0.5,99.5)")
     fu.add_argument("--colormap", help="also write a colour rendering (hot, jet, inferno, magma, viridis, turbo…)")

@@ -47,6 +47,7 @@ def fusion_preprocessing(
     anatomical_rule: IntensityRule | None = None,
     other_rule: IntensityRule | None = None,
     resize: bool = False,
+    suv: str = "auto",
 ):
     """The MONAI ``Compose`` from a job ``{"anatomical", "other", "modality"}`` to the 2-channel
     ``image`` (display orientation). The bundle's ``preprocessing`` is the same list.
@@ -56,15 +57,18 @@ def fusion_preprocessing(
         anatomical_rule: the anatomical image's rule (overrides ``rules``).
         other_rule: the second modality's rule, whatever it is (overrides ``rules``).
         resize: 2D only: resample the second image to the anatomical size when they differ.
+        suv: PET DICOM to body-weight SUV: ``"auto"``, ``"on"`` or ``"off"``
+            (:class:`~monai_emma.io.dictionary.ToSUVd`).
     """
     from monai.transforms import Compose, ConcatItemsd, Orientationd, ResampleToMatchd
 
-    from monai_emma.io.dictionary import DISPLAY_AXCODES, LoadFusionPaird
+    from monai_emma.io.dictionary import DISPLAY_AXCODES, LoadFusionPaird, ToSUVd
     from monai_emma.transforms.intensity import ModalityScaled
 
     return Compose(
         [
             LoadFusionPaird(("anatomical", "other"), resize=resize),
+            ToSUVd("other", mode=suv),
             ModalityScaled("anatomical", modality_key="anatomical_modality", rules=_rules(rules, anatomical_rule)),
             ModalityScaled("other", modality_key="modality", rules=_rules(rules, other_rule)),
             ResampleToMatchd("other", key_dst="anatomical", mode="bilinear", padding_mode="zeros", dtype=torch.float32),
@@ -150,6 +154,7 @@ def fuse_volumes(
     anatomical_series: str | Sequence[str] | None = None,
     other_series: str | Sequence[str] | None = None,
     zero_empty: bool = True,
+    suv: str = "auto",
 ) -> FusionResult:
     """Fuse two 3D images (NIfTI, DICOM series or single DICOM slices) on the anatomical grid.
 
@@ -170,6 +175,9 @@ def fuse_volumes(
         other_series: the same for the second input.
         zero_empty: the fused image is 0 where both scaled inputs are (no halo; see
             :mod:`monai_emma.transforms.empty`).
+        suv: PET DICOM in body-weight SUV: ``"auto"`` (when its tags allow, with a note),
+            ``"on"`` (required; an error names a missing tag) or ``"off"``. ``other_rule`` windows
+            are then in SUV.
 
     Returns:
         A :class:`FusionResult` whose ``fused`` is float32 (X, Y, Z) in [0, 1].
@@ -190,7 +198,7 @@ def fuse_volumes(
         raise FusionError(
             f"{flat.path}: a 2D image cannot be fused with a 3D volume; give two 2D images or two volumes"
         )
-    pre = fusion_preprocessing(anatomical_rule=anatomical_rule, other_rule=other_rule)
+    pre = fusion_preprocessing(anatomical_rule=anatomical_rule, other_rule=other_rule, suv=suv)
     job = {"anatomical": a, "other": b, "modality": modality}
     return _fuse(job, model, device, batch_size, amp, progress, zero_empty, stretch, pre)
 

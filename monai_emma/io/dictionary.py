@@ -24,7 +24,11 @@ from monai_emma.io.volumes import MODALITIES, Volume, as_volume, guess_modality
 from monai_emma.transforms.geometry import DISPLAY_AXCODES
 from monai_emma.transforms.intensity import SCALED
 
-__all__ = ["DISPLAY_AXCODES", "LoadFusionPaird", "SaveFusiond", "result_from_data"]
+__all__ = ["DISPLAY_AXCODES", "LoadFusionPaird", "ToSUVd", "SaveFusiond", "result_from_data", "SUV_MODES"]
+
+#: ``ToSUVd`` modes: convert PET DICOM in BQML when its tags allow (with a note), always (an error
+#: naming the tag otherwise), or never
+SUV_MODES = ("auto", "on", "off")
 
 # a 2D image's (row, column, 1) grid placed in display orientation, so reorienting changes nothing
 _AFFINE_2D = np.array([[0.0, -1.0, 0.0, 0.0], [-1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
@@ -142,6 +146,57 @@ class LoadFusionPaird(MapTransform):
         return np.stack([cv2.resize(ch, (w, h), interpolation=cv2.INTER_LINEAR) for ch in b.array])
 
 
+class ToSUVd(MapTransform):
+    """Convert a PET DICOM series to body-weight SUV (:mod:`monai_emma.io.suv`) before intensity
+    scaling, so that a PET window is in SUV (e.g. ``0,8``).
+
+    Sets ``<key>_units`` (``"SUVbw"``) and ``suv`` (the :class:`~monai_emma.io.suv.SUVInfo`), and
+    adds a note.
+
+    Args:
+        keys: the PET image (``"other"``); its :class:`~monai_emma.io.volumes.Volume` is read from
+            ``<key>_volume``.
+        mode: ``"auto"``: convert a PET DICOM series in BQML whose tags are complete, otherwise
+            leave it (a note says why); ``"on"``: convert or fail naming the tag; ``"off"``: never.
+        modality_key: where the job's modality is.
+    """
+
+    def __init__(self, keys: KeysCollection = "other", mode: str = "auto", modality_key: str = "modality") -> None:
+        super().__init__(keys)
+        if mode not in SUV_MODES:
+            raise ValueError(f"SUV mode must be one of {SUV_MODES}, not {mode!r}")
+        self.mode, self.modality_key = mode, modality_key
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        from monai_emma.io.suv import SUVError, suv_info
+
+        d = dict(data)
+        if self.mode == "off":
+            return d
+        for key in self.key_iterator(d):
+            vol = d[f"{key}_volume"]
+            is_pet = str(d.get(self.modality_key, "")).lower() == "pet"
+            if not (is_pet and vol.kind == "dicom" and vol.headers):
+                if self.mode == "on":
+                    raise FusionError(
+                        f"{vol.path}: --suv needs a PET DICOM series (this is {vol.kind}, {d.get(self.modality_key)})"
+                    )
+                continue
+            try:
+                info = suv_info(vol.headers)
+            except SUVError as err:
+                if self.mode == "on":
+                    raise FusionError(f"{vol.path}: no SUV: {err}") from None
+                d.setdefault("notes", []).append(
+                    f"{vol.path.name}: not converted to SUV ({err}); scaled by percentiles"
+                )
+                continue
+            d[key] = d[key] * info.factor
+            d[f"{key}_units"], d["suv"] = "SUVbw", info
+            d.setdefault("notes", []).append(f"{vol.path.name}: {info.describe()}")
+        return d
+
+
 def _numpy(x) -> np.ndarray:
     return np.asarray(x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x, np.float32)
 
@@ -165,6 +220,7 @@ def result_from_data(d: Mapping[Hashable, object], pred_key: str = "pred", secon
         anatomical_scaled=a_scaled,
         other_scaled=b_scaled,
         modality=str(d["modality"]),
+        other_units=str(d.get("other_units", "")),
         coverage=float(d.get("coverage", 1.0)),
         seconds=seconds,
         notes=list(d.get("notes") or []),

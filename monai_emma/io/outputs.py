@@ -144,6 +144,8 @@ def write_fusion(
         raise FileExistsError(f"{existing[0]}: output exists (use --overwrite to replace it)")
 
     mods = f"{(a.modality or 'MR').upper()} + {(result.modality or 'other').upper()}"
+    if result.other_units:
+        mods += f" ({result.other_units})"
     description = f"EMMA fusion (monai-emma {__version__}) of {mods}"
     if fmt == "png":
         from monai_emma.io.png import save_png

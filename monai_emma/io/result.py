@@ -23,6 +23,7 @@ class FusionResult:
         anatomical_scaled: the anatomical image in [0, 1] as the network saw it (anatomical grid).
         other_scaled: the second modality in [0, 1] on the anatomical grid.
         modality: the second modality used for scaling (``"ct"``, ``"pet"``, ``"spect"``, ``"ir"``).
+        other_units: the second modality's units before scaling when converted (``"SUVbw"``).
         coverage: the fraction of anatomical voxels inside the second modality's field of view.
         seconds: wall time of the whole fusion, reading included.
         notes: remarks worth showing the user (guessed modality, partial overlap…).
@@ -34,6 +35,7 @@ class FusionResult:
     anatomical_scaled: np.ndarray
     other_scaled: np.ndarray
     modality: str
+    other_units: str = ""
     coverage: float = 1.0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)

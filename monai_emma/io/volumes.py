@@ -101,6 +101,7 @@ class Volume:
         series_uid: the DICOM ``SeriesInstanceUID`` when known.
         nonfinite: how many voxels are NaN or infinite ("no data", e.g. outside the field of view
             of a resampled volume); they stay in ``array`` and count as empty downstream.
+        headers: the DICOM headers (no pixels), one per slice in InstanceNumber order.
     """
 
     array: np.ndarray
@@ -111,6 +112,7 @@ class Volume:
     modality: str = ""
     series_uid: str = ""
     nonfinite: int = 0
+    headers: list = field(default_factory=list, repr=False)
 
     @property
     def is_3d(self) -> bool:
@@ -309,7 +311,9 @@ def _read_dicom(path: Path, series_uid: str | Sequence[str] | None) -> Volume:
         array = array[..., None]
     if array.ndim != 3:
         raise VolumeReadError(f"{path}: expected one 3D series, got an array of shape {array.shape}")
-    return Volume(array, affine, path, "dicom", files=list(files), modality=modality, series_uid=uid)
+    return Volume(
+        array, affine, path, "dicom", files=list(files), modality=modality, series_uid=uid, headers=list(headers)
+    )
 
 
 def _as_3d(array: np.ndarray, path: Path) -> np.ndarray:
