@@ -404,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_const",
         const="on",
         default="auto",
-        help="PET DICOM in body-weight SUV, or an error naming the missing tag (default: automatic when the tags allow)",
+        help="PET DICOM in body-weight SUV, or an error naming the missing tag (default: when the tags allow)",
     )
     suv.add_argument("--no-suv", dest="suv", action="store_const", const="off", help="keep PET in stored units")
     fu.add_argument("--percentiles", help="foreground percentiles LOW,HIGH of the second modality (PET/SPECT: 0,99.5)")
