@@ -207,7 +207,7 @@ def _load_model(args: argparse.Namespace):
 
 def _cmd_fuse(args: argparse.Namespace) -> int:
     from monai_emma.fusion import FusionError, fuse_images, fuse_volumes
-    from monai_emma.io.outputs import output_format, write_fusion
+    from monai_emma.io.outputs import OverlayStyle, output_format, write_fusion
     from monai_emma.io.volumes import VolumeReadError, read_volume
     from monai_emma.transforms.intensity import IntensityRule
 
@@ -259,8 +259,11 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
                 resize=args.resize,
                 zero_empty=not args.no_zero_empty,
             )
+        style = None
+        if args.overlay:
+            style = OverlayStyle(args.overlay_colormap, args.overlay_threshold, args.overlay_opacity)
         files = write_fusion(
-            result, out, fmt=fmt, colormap=args.colormap, preview=args.preview, overwrite=args.overwrite
+            result, out, fmt=fmt, colormap=args.colormap, preview=args.preview, overwrite=args.overwrite, overlay=style
         )
     except (VolumeReadError, FusionError, FileExistsError, ValueError) as err:
         raise CLIError(str(err)) from err
@@ -411,6 +414,19 @@ def build_parser() -> argparse.ArgumentParser:
     fu.add_argument("--mri-percentiles", help="foreground percentiles LOW,HIGH of the anatomical image (0.5,99.5)")
     fu.add_argument("--colormap", help="also write a colour rendering (hot, jet, inferno, magma, viridis, turbo…)")
     fu.add_argument("--preview", help="also write a PNG montage of sources and fused slices")
+    fu.add_argument(
+        "--overlay",
+        action="store_true",
+        help="also write a viewer-style overlay: the fusion in grey, PET/SPECT in colour above a threshold",
+    )
+    fu.add_argument(
+        "--overlay-threshold",
+        type=float,
+        help="no colour below this value of the second modality, in its units (SUV when converted; "
+        "default: SUV 2.5, or 30%% of its window)",
+    )
+    fu.add_argument("--overlay-opacity", type=float, default=0.5, help="colour weight where drawn (default 0.5)")
+    fu.add_argument("--overlay-colormap", default="hot", help="colour map of the overlay (default hot)")
     _add_model_options(fu)
     fu.add_argument("--batch-size", type=_positive_int, help="slices per network call (default: 4 on CPU, 16 on CUDA)")
     fu.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")

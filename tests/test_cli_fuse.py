@@ -34,8 +34,10 @@ def test_nifti_in_nifti_out_keeps_geometry(phantom_volume_files, weights, tmp_pa
     out = tmp_path / "fused.nii.gz"
     preview = tmp_path / "preview.png"
     args = ["fuse", str(files["mri"]), str(files["pet"]), "-o", str(out), "--weights", str(weights), "--quiet"]
-    assert main([*args, "--colormap", "hot", "--preview", str(preview)]) == 0
+    assert main([*args, "--colormap", "hot", "--preview", str(preview), "--overlay", "--overlay-opacity", "0.6"]) == 0
     assert "wrote fused" in capsys.readouterr().out
+    overlay = nib.load(str(tmp_path / "fused_overlay.nii.gz"))  # viewer-style: grey plus thresholded colour
+    assert overlay.shape == nib.load(str(files["mri"])).shape and overlay.get_data_dtype().names == ("R", "G", "B")
     src, res = nib.load(str(files["mri"])), nib.load(str(out))
     assert res.shape == src.shape and res.get_data_dtype() == np.float32
     np.testing.assert_allclose(res.affine, src.affine, atol=1e-6)

@@ -221,6 +221,7 @@ def result_from_data(d: Mapping[Hashable, object], pred_key: str = "pred", secon
         other_scaled=b_scaled,
         modality=str(d["modality"]),
         other_units=str(d.get("other_units", "")),
+        other_scale=tuple(float(v) for v in d.get("other_scale", (0.0, 1.0))),
         coverage=float(d.get("coverage", 1.0)),
         seconds=seconds,
         notes=list(d.get("notes") or []),
@@ -243,6 +244,11 @@ class SaveFusiond(MapTransform):
         preview: also write ``<name>_preview.png``.
         name_key: the job's name.
         overwrite: replace existing outputs.
+        overlay: also write the viewer-style overlay of PET/SPECT jobs (``<name>_overlay``).
+        overlay_threshold: its threshold in the functional image's units (``None``: the default of
+            :class:`~monai_emma.io.outputs.OverlayStyle`).
+        overlay_opacity: its colour weight.
+        overlay_colormap: its colour map.
     """
 
     def __init__(
@@ -254,8 +260,15 @@ class SaveFusiond(MapTransform):
         preview: bool = True,
         name_key: str = "name",
         overwrite: bool = True,
+        overlay: bool = False,
+        overlay_threshold: float | None = None,
+        overlay_opacity: float = 0.5,
+        overlay_colormap: str = "hot",
     ) -> None:
         super().__init__(keys)
+        from monai_emma.io.outputs import OverlayStyle
+
+        self.overlay = OverlayStyle(overlay_colormap, overlay_threshold, overlay_opacity) if overlay else None
         if output_format not in ("nifti", "dicom"):
             raise ValueError(f"output_format must be 'nifti' or 'dicom' (2D jobs give PNG), not {output_format!r}")
         self.output_dir, self.output_format = Path(output_dir), output_format
@@ -272,12 +285,12 @@ class SaveFusiond(MapTransform):
             fmt = self.output_format if volume else "png"
             out = self.output_dir / (name + {"nifti": ".nii.gz", "dicom": "", "png": ".png"}[fmt])
             out.parent.mkdir(parents=True, exist_ok=True)
-            colour = self.colormap if volume and result.modality in ("pet", "spect") else None
+            functional = result.modality in ("pet", "spect")
+            colour = self.colormap if volume and functional else None
             preview = self.output_dir / f"{name}_preview.png" if self.preview and volume else None
-            d["files"] = {
-                k: str(v)
-                for k, v in write_fusion(
-                    result, out, fmt=fmt, colormap=colour, preview=preview, overwrite=self.overwrite
-                ).items()
-            }
+            overlay = self.overlay if functional else None
+            written = write_fusion(
+                result, out, fmt=fmt, colormap=colour, preview=preview, overwrite=self.overwrite, overlay=overlay
+            )
+            d["files"] = {k: str(v) for k, v in written.items()}
         return d

@@ -5,6 +5,7 @@ optional colour rendering and a preview montage. Shared by ``monai-emma fuse`` a
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,7 +14,16 @@ import numpy as np
 if TYPE_CHECKING:
     from monai_emma.io.result import FusionResult
 
-__all__ = ["output_format", "colour_path", "preview_slices", "save_preview", "write_fusion", "OUTPUT_FORMATS"]
+__all__ = [
+    "output_format",
+    "rendering_path",
+    "colour_path",
+    "OverlayStyle",
+    "preview_slices",
+    "save_preview",
+    "write_fusion",
+    "OUTPUT_FORMATS",
+]
 
 OUTPUT_FORMATS = ("png", "nifti", "dicom")
 _PNG_SUFFIXES = (".png",)
@@ -37,16 +47,48 @@ def output_format(path: str | os.PathLike, requested: str | None = None) -> str:
     raise ValueError(f"{path}: cannot tell the output format from the name; use .png, .nii.gz or --output-format dicom")
 
 
-def colour_path(output: str | os.PathLike, fmt: str) -> Path:
-    """Where the colour rendering goes: ``x.png`` → ``x_colour.png``; ``x.nii.gz`` or a DICOM
-    folder ``x`` → ``x_colour.nii.gz``."""
+def rendering_path(output: str | os.PathLike, fmt: str, label: str) -> Path:
+    """Where a rendering goes: ``x.png`` → ``x_<label>.png``; ``x.nii.gz`` or a DICOM folder ``x``
+    → ``x_<label>.nii.gz``."""
     out = Path(output)
     name = out.name
     for suffix in (".nii.gz", ".nii", ".png"):
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
             break
-    return out.with_name(f"{name}_colour{'.png' if fmt == 'png' else '.nii.gz'}")
+    return out.with_name(f"{name}_{label}{'.png' if fmt == 'png' else '.nii.gz'}")
+
+
+def colour_path(output: str | os.PathLike, fmt: str) -> Path:
+    """Where the colour rendering goes (:func:`rendering_path` with ``colour``)."""
+    return rendering_path(output, fmt, "colour")
+
+
+@dataclass(frozen=True)
+class OverlayStyle:
+    """How to draw the viewer-style overlay (:func:`~monai_emma.transforms.colour.overlay`).
+
+    Args:
+        colormap: colour map of the functional image.
+        threshold: the functional value below which no colour is drawn, in its units before
+            scaling (SUV when converted, else stored values); ``None``: SUV 2.5 when in SUV, else
+            30 % of the way through its scaling window.
+        opacity: weight of the colour where drawn.
+    """
+
+    colormap: str = "hot"
+    threshold: float | None = None
+    opacity: float = 0.5
+
+    def scaled_threshold(self, result: FusionResult) -> float:
+        """The threshold on the [0, 1] scale of ``result.other_scaled``."""
+        lo, hi = result.other_scale
+        value = self.threshold
+        if value is None:
+            if result.other_units != "SUVbw":
+                return 0.3
+            value = 2.5
+        return float(np.clip((value - lo) / (hi - lo), 0.0, 1.0)) if hi > lo else 0.0
 
 
 def preview_slices(stack: np.ndarray, count: int = 4) -> list[int]:
@@ -58,35 +100,31 @@ def preview_slices(stack: np.ndarray, count: int = 4) -> list[int]:
     return sorted({int(round(p)) for p in picks})
 
 
-def save_preview(result: FusionResult, path: str | os.PathLike, colour: np.ndarray | None = None) -> Path:
+def save_preview(
+    result: FusionResult, path: str | os.PathLike, renderings: dict[str, np.ndarray] | None = None
+) -> Path:
     """A montage of sources and fused images: one row per slice (3D) or the pair (2D).
 
     Args:
         result: the fusion.
         path: PNG to write (atomically).
-        colour: optional colour rendering (same layout as ``result.fused`` plus a last axis of 3).
+        renderings: more columns, ``{title: RGB}`` in the layout of ``result.fused`` plus a last
+            axis of 3 (the colour rendering, the overlay).
     """
     from monai_emma.io.png import save_montage
 
+    renderings = renderings or {}
     mod = (result.modality or "other").upper()
-    titles = ["anatomical", mod, "EMMA fused"] + (["colour"] if colour is not None else [])
+    titles = ["anatomical", mod, "EMMA fused", *renderings]
     if not result.is_3d:
-        fused = result.fused
-        row = [result.anatomical_scaled, result.other_scaled, fused if fused.ndim == 2 else fused]
-        if colour is not None:
-            row.append(colour)
+        row = [result.anatomical_scaled, result.other_scaled, result.fused, *renderings.values()]
         return save_montage([row], path, titles=titles)
     from monai_emma.transforms.geometry import to_display
 
     affine = result.anatomical.affine
     views = [to_display(v, affine) for v in (result.anatomical_scaled, result.other_scaled, result.fused)]
-    col = None if colour is None else to_display(colour, affine)
-    rows = []
-    for k in preview_slices(views[0]):
-        row = [v[:, :, k] for v in views]
-        if col is not None:
-            row.append(col[:, :, k])
-        rows.append(row)
+    views += [to_display(r, affine) for r in renderings.values()]
+    rows = [[v[:, :, k] for v in views] for k in preview_slices(views[0])]
     return save_montage(rows, path, titles=titles)
 
 
@@ -97,6 +135,7 @@ def write_fusion(
     colormap: str | None = None,
     preview: str | os.PathLike | None = None,
     overwrite: bool = False,
+    overlay: OverlayStyle | None = None,
 ) -> dict[str, Path]:
     """Write a fusion result; every file goes to a temporary name first.
 
@@ -108,9 +147,11 @@ def write_fusion(
             luminance) to :func:`colour_path`.
         preview: also write a montage PNG there.
         overwrite: replace existing outputs.
+        overlay: also write the viewer-style overlay (grey fusion, thresholded semi-transparent
+            colour of the functional image) to :func:`rendering_path` with ``overlay``.
 
     Returns:
-        ``{"fused": path, "colour": path, "preview": path}`` for what was written.
+        ``{"fused": path, "colour": path, "overlay": path, "preview": path}`` for what was written.
 
     Raises:
         ValueError: a format that does not fit the inputs (PNG for volumes, NIfTI for 2D images,
@@ -119,6 +160,7 @@ def write_fusion(
     """
     from monai_emma import __version__
     from monai_emma.transforms.colour import colourise
+    from monai_emma.transforms.colour import overlay as paint_overlay
 
     fmt = output_format(output, fmt)
     a = result.anatomical
@@ -129,14 +171,21 @@ def write_fusion(
     if fmt == "dicom" and a.kind != "dicom":
         raise ValueError(f"{output}: DICOM output needs a DICOM anatomical series ({a.path} is {a.kind})")
     targets = {"fused": Path(output)}
-    colour = None
-    if colormap:
-        if result.is_3d:
-            colour = colourise(result.fused, result.other_scaled, colormap)
-        elif result.fused.ndim == 2:
-            colour = colourise(result.fused.astype(np.float64) / 255.0, result.other_scaled, colormap)
-        if colour is not None:
-            targets["colour"] = colour_path(output, fmt)
+    renderings: dict[str, np.ndarray] = {}
+    grey = None
+    if result.is_3d:
+        grey = result.fused
+    elif result.fused.ndim == 2:  # a 2D colour result already carries the second image's colour
+        grey = result.fused.astype(np.float64) / 255.0
+    if colormap and grey is not None:
+        renderings["colour"] = colourise(grey, result.other_scaled, colormap)
+        targets["colour"] = rendering_path(output, fmt, "colour")
+    if overlay is not None:
+        luminance = grey if grey is not None else _luma(result.fused)
+        renderings["overlay"] = paint_overlay(
+            luminance, result.other_scaled, overlay.colormap, overlay.scaled_threshold(result), overlay.opacity
+        )
+        targets["overlay"] = rendering_path(output, fmt, "overlay")
     if preview:
         targets["preview"] = Path(preview)
     existing = [str(p) for p in targets.values() if p.exists()]
@@ -151,8 +200,8 @@ def write_fusion(
         from monai_emma.io.png import save_png
 
         save_png(result.fused, targets["fused"])
-        if colour is not None:
-            save_png(colour, targets["colour"])
+        for label, image in renderings.items():
+            save_png(image, targets[label])
     else:
         from monai_emma.io.nifti import save_nifti_like
 
@@ -171,8 +220,15 @@ def write_fusion(
                 overwrite=True,
                 source_uids=uids,
             )
-        if colour is not None:
-            save_nifti_like(colour, a, targets["colour"], overwrite=True, description=f"{description}, colour")
+        for label, image in renderings.items():
+            save_nifti_like(image, a, targets[label], overwrite=True, description=f"{description}, {label}")
     if preview:
-        save_preview(result, targets["preview"], colour)
+        save_preview(result, targets["preview"], renderings)
     return targets
+
+
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    """Y in [0, 1] of an 8-bit RGB image."""
+    from monai_emma.transforms.colour import rgb_to_ycbcr
+
+    return rgb_to_ycbcr(np.asarray(rgb, np.float64) / 255.0, -1)[..., 0]

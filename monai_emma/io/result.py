@@ -24,6 +24,7 @@ class FusionResult:
         other_scaled: the second modality in [0, 1] on the anatomical grid.
         modality: the second modality used for scaling (``"ct"``, ``"pet"``, ``"spect"``, ``"ir"``).
         other_units: the second modality's units before scaling when converted (``"SUVbw"``).
+        other_scale: the second modality's values (in those units) that became 0 and 1.
         coverage: the fraction of anatomical voxels inside the second modality's field of view.
         seconds: wall time of the whole fusion, reading included.
         notes: remarks worth showing the user (guessed modality, partial overlap…).
@@ -36,6 +37,7 @@ class FusionResult:
     other_scaled: np.ndarray
     modality: str
     other_units: str = ""
+    other_scale: tuple[float, float] = (0.0, 1.0)
     coverage: float = 1.0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)

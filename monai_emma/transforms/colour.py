@@ -10,7 +10,16 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 
-__all__ = ["rgb_to_ycbcr", "ycbcr_to_rgb", "RGBToYCbCr", "RGBToYCbCrd", "is_colour", "colourise", "COLORMAPS"]
+__all__ = [
+    "rgb_to_ycbcr",
+    "ycbcr_to_rgb",
+    "RGBToYCbCr",
+    "RGBToYCbCrd",
+    "is_colour",
+    "colourise",
+    "overlay",
+    "COLORMAPS",
+]
 
 # OpenCV COLOR_RGB2YCrCb for float images: Y = .299 R + .587 G + .114 B,
 # Cr = (R - Y) * .713 + delta, Cb = (B - Y) * .564 + delta, delta = 0.5 on a [0, 1] scale.
@@ -127,3 +136,48 @@ def colourise(fused: np.ndarray, functional: np.ndarray, colormap: str = "jet") 
     ycc[..., 1:] = 0.5 + (ycc[..., 1:] - 0.5) * np.clip(functional / 0.1, 0, 1)[..., None]
     rgb = ycbcr_to_rgb(ycc, -1)
     return np.clip(np.round(rgb * 255), 0, 255).astype(np.uint8)
+
+
+def overlay(
+    fused: np.ndarray,
+    functional: np.ndarray,
+    colormap: str = "hot",
+    threshold: float = 0.3,
+    opacity: float = 0.5,
+) -> np.ndarray:
+    """Viewer-style rendering (PACS, 3D Slicer): the fused image in grey, and above it the
+    functional image in a colour map, semi-transparent, only where it reaches ``threshold``.
+
+    Args:
+        fused: fused image(s) in [0, 1], any shape.
+        functional: the PET/SPECT image(s) scaled to [0, 1], same shape.
+        colormap: one of :data:`COLORMAPS`; its upper three quarters span ``threshold`` to 1.
+        threshold: functional values (on the [0, 1] scale) below it show no colour.
+        opacity: weight of the colour where shown (0: grey only, 1: colour only).
+
+    Returns:
+        uint8 RGB, shape ``fused.shape + (3,)``.
+
+    Example:
+        >>> out = overlay(np.full((1, 2), 0.5), np.array([[0.1, 0.9]]))
+        >>> out[0, 0].tolist(), bool((out[0, 1] != out[0, 0]).any())  # below the threshold: grey
+        ([128, 128, 128], True)
+    """
+    import cv2
+
+    if colormap not in COLORMAPS:
+        raise ValueError(f"unknown colormap {colormap!r}; choose one of {', '.join(COLORMAPS)}")
+    if not 0 <= opacity <= 1:
+        raise ValueError(f"opacity must lie in [0, 1], got {opacity}")
+    fused, functional = np.clip(np.asarray(fused, np.float64), 0, 1), np.asarray(functional, np.float64)
+    if fused.shape != functional.shape:
+        raise ValueError(f"fused and functional shapes differ: {fused.shape} vs {functional.shape}")
+    span = max(1.0 - threshold, 1e-6)
+    level = np.clip((functional - threshold) / span, 0, 1)
+    # the colour scale starts a quarter into the map, so the threshold itself shows colour (the
+    # bottom of maps such as hot is black, which would only darken the grey)
+    index = np.round(64 + level * 191).astype(np.uint8).reshape(-1, 1)
+    rgb = cv2.applyColorMap(index, getattr(cv2, f"COLORMAP_{colormap.upper()}"))[..., ::-1].reshape(*fused.shape, 3)
+    alpha = np.where(functional >= threshold, opacity, 0.0)[..., None]
+    out = (1 - alpha) * fused[..., None] * 255.0 + alpha * rgb.astype(np.float64)
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)

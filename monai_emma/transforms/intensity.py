@@ -149,6 +149,10 @@ class ModalityScale(Transform):
         self.modality = modality
         self.rule = rule or DEFAULT_INTENSITY[modality]
 
+    def bounds(self, img) -> tuple[float, float]:
+        """The values of ``img`` that map to 0 and 1."""
+        return intensity_bounds(img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else img, self.rule)
+
     def __call__(self, img):
         if self.rule.kind == "window":
             from monai.transforms import ScaleIntensityRange
@@ -174,7 +178,9 @@ class ModalityScaled(MapTransform):
     Each key's modality is given (``modalities``: one name, or one per key) or read from the
     data (``modality_key``: e.g. a fusion job's ``"modality"``). Images marked as already scaled
     (meta ``emma_scaled``: the luminance of 2D 8-bit images, set by
-    :class:`~monai_emma.io.dictionary.LoadFusionPaird`) are left as they are.
+    :class:`~monai_emma.io.dictionary.LoadFusionPaird`) are left as they are. The values that
+    mapped to 0 and 1 go to ``<key>_scale`` (so a threshold in the input's units, e.g. SUV, can be
+    put on the [0, 1] scale later).
 
     Args:
         keys: images to scale.
@@ -214,6 +220,10 @@ class ModalityScaled(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             img = d[key]
-            if not getattr(img, "meta", {}).get(SCALED):
-                d[key] = self.scaler(key, d)(img)
+            if getattr(img, "meta", {}).get(SCALED):
+                d[f"{key}_scale"] = (0.0, 1.0)
+            else:
+                scaler = self.scaler(key, d)
+                d[f"{key}_scale"] = scaler.bounds(img)
+                d[key] = scaler(img)
         return d

@@ -125,3 +125,21 @@ def test_suv_info_needs_pet():
     ds.Modality = "CT"
     with pytest.raises(SUVError, match="not PT"):
         suv_info([ds])
+
+
+def test_overlay_threshold_defaults_to_suv_2_5(tmp_path):
+    import nibabel as nib
+
+    from monai_emma.io.outputs import OverlayStyle, write_fusion
+
+    suv = _suv_volume()
+    pet = write_pet_series(tmp_path / "pet", suv)
+    res = fuse_volumes(pet, pet, model=PickChannel(0), modality="pet")
+    files = write_fusion(res, tmp_path / "f.nii.gz", overlay=OverlayStyle(), preview=tmp_path / "p.png")
+    rgb = np.asarray(nib.load(str(files["overlay"])).dataobj)
+    rgb = np.stack([rgb["R"], rgb["G"], rgb["B"]], -1).astype(int)
+    grey = (rgb[..., 0] == rgb[..., 1]) & (rgb[..., 1] == rgb[..., 2])
+    suv_on_grid = res.other_scaled * (res.other_scale[1] - res.other_scale[0]) + res.other_scale[0]
+    assert grey[suv_on_grid < 2.4].all()  # below SUV 2.5: the grey fusion only
+    assert not grey[(suv_on_grid > 2.6) & (res.other_scaled < 0.9)].any()  # above: colour (hot ends in white)
+    assert files["preview"].is_file()
