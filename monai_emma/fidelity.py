@@ -1,0 +1,209 @@
+"""Per-slice fidelity: can each modality still be recovered from the fused image?
+
+EMMA's pseudo-sensors were trained to map a fused image back to each source modality. Given a
+fusion, each fused slice goes through the sensor of the anatomical modality and of the other
+modality; where a sensor cannot recover its source, the fusion has lost that modality there.
+Scores per slice and modality, inside the slice's foreground (any source above 5 % of its
+range):
+
+* ``error``: mean absolute difference between the sensed image and the source (both in [0, 1]);
+* ``structure``: Pearson correlation between the sensed image and the source (1: everything the
+  source varies, the sensor recovers);
+* ``unique``: the same correlation after removing what a linear fit on the *other* source
+  explains: how much of what only this modality shows comes back from the fused image.
+
+A slice is flagged for a modality whose ``unique`` score falls below that modality's threshold
+(:data:`THRESHOLDS`, calibrated on the development pairs with ``scripts/calibrate_fidelity.py``:
+see ``docs/usage.md``). For volumes the
+report adds the through-plane consistency of each slice: how much more the fused image changes
+from the previous slice than either source does (mean absolute difference inside the foreground,
+on the [0, 1] scale; near 0 or negative is consistent).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from monai_emma.io.result import FusionResult
+
+__all__ = ["THRESHOLDS", "FOREGROUND", "slice_fidelity", "fidelity_report", "write_report", "report_line"]
+
+#: a slice's pixels where any source exceeds this value (on [0, 1]) are its foreground
+FOREGROUND = 0.05
+#: slices with fewer foreground pixels than this share are not scored
+MIN_FOREGROUND = 0.01
+#: flag a modality when the sensor's recovery of what only it shows (``unique``) falls below this
+THRESHOLDS = {"mri": 0.5, "ct": 0.5, "pet": 0.5, "spect": 0.5, "vis": 0.5, "ir": 0.5}
+
+
+def _pad16(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % 16, (-w) % 16
+    return torch.nn.functional.pad(x, (0, pw, 0, ph)), (h, w)
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    x, y = x - x.mean(), y - y.mean()
+    den = float(np.sqrt((x * x).sum() * (y * y).sum()))
+    return float((x * y).sum() / den) if den > 1e-12 else 0.0
+
+
+def _partial(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> float:
+    """r(x, y | z): the correlation of x and y after removing what a linear fit on z explains."""
+    design = np.stack([np.ones_like(z), z], 1)
+
+    def residual(v):
+        coef, *_ = np.linalg.lstsq(design, v, rcond=None)
+        return v - design @ coef
+
+    return _pearson(residual(x), residual(y))
+
+
+@torch.no_grad()
+def slice_fidelity(
+    fused: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    modalities: tuple[str, str],
+    sensors: torch.nn.Module,
+    thresholds: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """Scores of one fused slice (all (H, W) in [0, 1]) against its two sources.
+
+    Returns:
+        ``{"foreground": share, "scores": {modality: {"error", "structure", "unique"}}, "flag": [lost
+        modalities]}``;
+        ``scores`` is empty (and nothing flagged) for a slice with too little foreground.
+    """
+    thresholds = {**THRESHOLDS, **(thresholds or {})}
+    fg = (a > FOREGROUND) | (b > FOREGROUND)
+    share = float(fg.mean())
+    out: dict[str, Any] = {"foreground": round(share, 4), "scores": {}, "flag": []}
+    if share < MIN_FOREGROUND:
+        return out
+    x, (h, w) = _pad16(torch.from_numpy(np.asarray(fused, np.float32))[None, None].repeat(2, 1, 1, 1))
+    sensed = sensors(x, list(modalities))[:, 0, :h, :w].cpu().numpy()
+    sources = (np.asarray(a, np.float64)[fg], np.asarray(b, np.float64)[fg])
+    for k, modality in enumerate(modalities):
+        recovered, truth, other = sensed[k][fg].astype(np.float64), sources[k], sources[1 - k]
+        structure = _pearson(recovered, truth)
+        out["scores"][modality] = {
+            "error": round(float(np.abs(recovered - truth).mean()), 5),
+            "structure": round(structure, 5),
+            "unique": round(_partial(recovered, truth, other), 5),
+        }
+        if out["scores"][modality]["unique"] < thresholds.get(modality, 0.5):
+            out["flag"].append(modality)
+    return out
+
+
+def _sensors(sensors):
+    if sensors is not None:
+        return sensors.eval()
+    from monai_emma.networks import pseudo_sensors
+    from monai_emma.weights import SensorWeights
+
+    return pseudo_sensors(weights=SensorWeights.DEFAULT)
+
+
+@dataclass
+class FidelityReport:
+    """What :func:`fidelity_report` returns (``as_dict()`` is the JSON layout)."""
+
+    modalities: tuple[str, str]
+    slices: list[dict[str, Any]] = field(default_factory=list)
+    thresholds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def flagged(self) -> list[int]:
+        return [s["index"] for s in self.slices if s["flag"]]
+
+    def as_dict(self) -> dict[str, Any]:
+        scored = [s for s in self.slices if s["scores"]]
+        summary: dict[str, Any] = {
+            "slices": len(self.slices),
+            "scored": len(scored),
+            "flagged": self.flagged,
+            "thresholds": {m: self.thresholds[m] for m in self.modalities},
+        }
+        for m in self.modalities:
+            values = [s["scores"][m]["unique"] for s in scored]
+            summary[f"{m}_unique_min"] = round(min(values), 5) if values else None
+            summary[f"{m}_unique_median"] = round(float(np.median(values)), 5) if values else None
+        steps = [s["through_plane"] for s in self.slices if s.get("through_plane") is not None]
+        if steps:
+            summary["through_plane_mean"] = round(float(np.mean(steps)), 5)
+            summary["through_plane_max"] = round(float(np.max(steps)), 5)
+        return {"modalities": list(self.modalities), "summary": summary, "slices": self.slices}
+
+
+def fidelity_report(
+    result: FusionResult,
+    sensors: torch.nn.Module | None = None,
+    thresholds: dict[str, float] | None = None,
+) -> FidelityReport:
+    """Per-slice fidelity of a fusion (axial slices in display orientation for volumes; one slice
+    for a 2D pair), with the shipped pseudo-sensors unless ``sensors`` is given.
+
+    Example:
+        >>> result = fuse_volumes("mri.nii.gz", "pet.nii.gz")  # doctest: +SKIP
+        >>> report = fidelity_report(result)  # doctest: +SKIP
+        >>> report.flagged  # doctest: +SKIP
+        [41, 42]
+    """
+    from monai_emma.transforms.colour import rgb_to_ycbcr
+    from monai_emma.transforms.geometry import to_display
+
+    bank = _sensors(sensors)
+    anatomical = "vis" if result.modality == "ir" else "mri"
+    modality = result.modality or "pet"
+    missing = [m for m in (anatomical, modality) if m not in bank.modalities]
+    if missing:
+        raise ValueError(f"the pseudo-sensors have no {', '.join(missing)} sensor; give sensors that do")
+    thresholds = {**THRESHOLDS, **(thresholds or {})}
+    report = FidelityReport((anatomical, modality), thresholds=thresholds)
+    if result.is_3d:
+        affine = result.anatomical.affine
+        stacks = [to_display(v, affine) for v in (result.fused, result.anatomical_scaled, result.other_scaled)]
+    else:
+        fused = result.fused.astype(np.float64) / 255.0
+        if fused.ndim == 3:  # 2D colour result: its luminance
+            fused = rgb_to_ycbcr(fused, -1)[..., 0]
+        stacks = [v[..., None] for v in (fused, result.anatomical_scaled, result.other_scaled)]
+    f, a, b = (np.asarray(s, np.float32) for s in stacks)
+    for k in range(f.shape[-1]):
+        entry = {"index": k, **slice_fidelity(f[..., k], a[..., k], b[..., k], report.modalities, bank, thresholds)}
+        if k > 0 and result.is_3d:
+            fg = ((a[..., k] > FOREGROUND) | (b[..., k] > FOREGROUND)) | (
+                (a[..., k - 1] > FOREGROUND) | (b[..., k - 1] > FOREGROUND)
+            )
+            if fg.mean() >= MIN_FOREGROUND:
+                steps = [float(np.abs(v[..., k][fg] - v[..., k - 1][fg]).mean()) for v in (f, a, b)]
+                entry["through_plane"] = round(steps[0] - max(steps[1], steps[2]), 5)
+        report.slices.append(entry)
+    return report
+
+
+def report_line(report: FidelityReport, unit: str = "slices") -> str:
+    """One line for the terminal, e.g. ``2 of 96 slices flagged: 41, 42``."""
+    flagged = report.flagged
+    scored = sum(1 for s in report.slices if s["scores"])
+    listing = f": {', '.join(str(i) for i in flagged[:20])}{' …' if len(flagged) > 20 else ''}" if flagged else ""
+    return f"{len(flagged)} of {scored} {unit} flagged{listing}"
+
+
+def write_report(report: FidelityReport | dict, path: str | os.PathLike) -> Path:
+    """The report as JSON (written atomically)."""
+    from monai_emma.io.atomic import atomic_path
+
+    data = report.as_dict() if isinstance(report, FidelityReport) else report
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(data, indent=1))
+    return Path(path)

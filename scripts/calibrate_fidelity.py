@@ -1,0 +1,74 @@
+"""Calibrate the fidelity report's thresholds on 2D development pairs.
+
+    python scripts/calibrate_fidelity.py ../shared/data/harvard [--weights default] [--split RUN/split.json]
+
+For every pair it scores three fusions with the shipped pseudo-sensors (:mod:`monai_emma.fidelity`):
+the U-Fuser's (a good fusion), the MRI alone and the other modality alone (each loses one
+modality). It prints, per modality, the distribution of the sensors' recovery (``structure``) in
+good fusions and in fusions that lost that modality, and the threshold halfway between the 1st
+percentile of the good and the 99th percentile of the lost ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tqdm.auto import tqdm
+
+    from monai_emma.data.pairs import find_pairs, read_image
+    from monai_emma.evaluation import select_pairs, split_ids
+    from monai_emma.fidelity import slice_fidelity
+    from monai_emma.fuse2d import luminance, network_fuser
+    from monai_emma.model_source import resolve_fuser
+    from monai_emma.networks import pseudo_sensors
+    from monai_emma.weights import get_weights
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("roots", nargs="+")
+    p.add_argument("--weights", default="default", help="shipped set (its U-Fuser and sensors) or a U-Fuser file")
+    p.add_argument("--sensors", default="default", help="shipped set of the pseudo-sensors")
+    p.add_argument("--split", help="only the validation pairs of this split.json")
+    p.add_argument("--score", default="structure", choices=["structure", "unique", "error"])
+    args = p.parse_args(argv)
+    pairs = find_pairs(args.roots)
+    if args.split:
+        pairs = select_pairs(pairs, split_ids(args.split))
+    fuse = network_fuser(resolve_fuser(weights=args.weights)[0])
+    bank = pseudo_sensors(weights=get_weights(args.sensors, "sensors"))
+    good: dict[str, list[float]] = {}
+    lost: dict[str, list[float]] = {}
+    key = args.score
+    for pair in tqdm(pairs, desc="pairs"):
+        a_img, b_img = read_image(pair.a), read_image(pair.b)
+        a, b = luminance(a_img), luminance(b_img)
+        mods = (pair.a_modality, pair.b_modality)
+        for name, fused in (("emma", fuse(a, b)), ("a only", a), ("b only", b)):
+            scores = slice_fidelity(np.clip(fused, 0, 1), a, b, mods, bank)["scores"]
+            for m, s in scores.items():
+                lost_here = (name == "a only" and m == mods[1]) or (name == "b only" and m == mods[0])
+                if name == "emma":
+                    good.setdefault(m, []).append(s[key])
+                elif lost_here:
+                    lost.setdefault(m, []).append(s[key])
+    print("| modality | good fusions: min / 1st pct / median | lost: median / 99th pct / max | threshold |")
+    print("|---|---|---|---|")
+    for m in sorted(good):
+        g, x = np.asarray(good[m]), np.asarray(lost.get(m, [np.nan]))
+        t = (np.percentile(g, 1) + np.percentile(x, 99)) / 2
+        print(
+            f"| {m} | {g.min():.3f} / {np.percentile(g, 1):.3f} / {np.median(g):.3f} "
+            f"| {np.median(x):.3f} / {np.percentile(x, 99):.3f} / {x.max():.3f} | {t:.2f} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
