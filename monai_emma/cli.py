@@ -135,10 +135,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_fuse_folder(args: argparse.Namespace) -> int:
+    import numpy as np
     from tqdm.auto import tqdm
 
     from monai_emma.data.pairs import PairDataError, list_images, read_image
-    from monai_emma.fuse2d import fuse_slice_pair, network_fuser
+    from monai_emma.fuse2d import fuse_slice_pair, luminance, network_fuser
     from monai_emma.io.png import save_png
 
     a_dir, b_dir, out_dir = Path(args.anatomical_dir), Path(args.other_dir), Path(args.output_dir)
@@ -153,13 +154,26 @@ def _cmd_fuse_folder(args: argparse.Namespace) -> int:
         raise CLIError(f"{a_dir} and {b_dir}: no images with matching names")
     if missing:
         print(f"note: {len(missing)} file(s) without a partner skipped: {', '.join(missing[:5])}", file=sys.stderr)
+    report = None
+    if args.report:
+        modality = (args.modality or b_dir.name).lower()
+        if modality not in ("ct", "pet", "spect", "ir"):
+            raise CLIError(
+                f"--report needs the second modality: give --modality (the folder {b_dir.name} does not say)"
+            )
+        if Path(args.report).exists() and not args.overwrite:
+            raise CLIError(f"{args.report}: output exists (use --overwrite to replace it)")
+        from monai_emma.fidelity import FidelityReport, default_sensors, slice_fidelity, write_report
+
+        report = FidelityReport(("vis" if modality == "ir" else "mri", modality))
+        bank = default_sensors()
     net, _ = _load_model(args)
     fuse = network_fuser(net, args.device, zero_empty=not args.no_zero_empty)
     out_dir.mkdir(parents=True, exist_ok=True)
     existing = [s for s in stems if (out_dir / f"{s}.png").exists()]
     if existing and not args.overwrite:
         raise CLIError(f"{out_dir}: {len(existing)} output(s) exist, e.g. {existing[0]}.png (use --overwrite)")
-    for stem in tqdm(stems, desc="fuse", disable=args.quiet):
+    for index, stem in enumerate(tqdm(stems, desc="fuse", disable=args.quiet)):
         try:
             a_img, b_img = read_image(ia[stem]), read_image(ib[stem])
         except PairDataError as err:
@@ -169,8 +183,18 @@ def _cmd_fuse_folder(args: argparse.Namespace) -> int:
                 f"{ia[stem]} and {ib[stem]}: sizes differ ({a_img.shape[-2]}x{a_img.shape[-1]} vs "
                 f"{b_img.shape[-2]}x{b_img.shape[-1]})"
             )
-        save_png(fuse_slice_pair(fuse, a_img, b_img, stretch=args.stretch), out_dir / f"{stem}.png")
+        image = fuse_slice_pair(fuse, a_img, b_img, stretch=args.stretch)
+        save_png(image, out_dir / f"{stem}.png")
+        if report is not None:
+            fused_y = luminance(np.moveaxis(image, -1, 0) if image.ndim == 3 else image[None])
+            scores = slice_fidelity(fused_y, luminance(a_img), luminance(b_img), report.modalities, bank)
+            report.slices.append({"index": index, "name": stem, **scores})
     print(f"wrote {len(stems)} fused image(s) to {out_dir}")
+    if report is not None:
+        from monai_emma.fidelity import report_line
+
+        print(f"wrote report: {write_report(report, args.report)}")
+        print(report_line(report, unit="pairs"))
     return 0
 
 
@@ -206,6 +230,7 @@ def _load_model(args: argparse.Namespace):
 
 
 def _cmd_fuse(args: argparse.Namespace) -> int:
+    from monai_emma.fidelity import fidelity_report, report_line, write_report
     from monai_emma.fusion import FusionError, fuse_images, fuse_volumes
     from monai_emma.io.outputs import OverlayStyle, output_format, write_fusion
     from monai_emma.io.volumes import VolumeReadError, read_volume
@@ -218,6 +243,8 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.exists() and not args.overwrite:
         raise CLIError(f"{out}: output exists (use --overwrite to replace it)")
+    if args.report and Path(args.report).exists() and not args.overwrite:
+        raise CLIError(f"{args.report}: output exists (use --overwrite to replace it)")
     window = _parse_range(args.window, "--window")
     pct = _parse_range(args.percentiles, "--percentiles")
     mri_pct = _parse_range(args.mri_percentiles, "--mri-percentiles")
@@ -262,9 +289,12 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
         style = None
         if args.overlay:
             style = OverlayStyle(args.overlay_colormap, args.overlay_threshold, args.overlay_opacity)
+        report = fidelity_report(result) if args.report else None  # before writing: no half-written outputs
         files = write_fusion(
             result, out, fmt=fmt, colormap=args.colormap, preview=args.preview, overwrite=args.overwrite, overlay=style
         )
+        if report is not None:
+            files["report"] = write_report(report, args.report)
     except (VolumeReadError, FusionError, FileExistsError, ValueError) as err:
         raise CLIError(str(err)) from err
     for note in result.notes:
@@ -273,6 +303,8 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     print(f"fused {what} in {result.seconds:.1f} s with {source}")
     for kind, path in files.items():
         print(f"wrote {kind}: {path}")
+    if report is not None:
+        print(report_line(report))
     return 0
 
 
@@ -427,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fu.add_argument("--overlay-opacity", type=float, default=0.5, help="colour weight where drawn (default 0.5)")
     fu.add_argument("--overlay-colormap", default="hot", help="colour map of the overlay (default hot)")
+    fu.add_argument("--report", help="also write a per-slice fidelity report (JSON): where a modality is lost")
     _add_model_options(fu)
     fu.add_argument("--batch-size", type=_positive_int, help="slices per network call (default: 4 on CPU, 16 on CUDA)")
     fu.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
@@ -453,6 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(ff)
     ff.add_argument("--stretch", action="store_true", help="min-max stretch each fused image (the papers' protocol)")
     ff.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    ff.add_argument("--report", help="also write a per-pair fidelity report (JSON): where a modality is lost")
     ff.add_argument("--quiet", action="store_true", help="no progress bar")
     ff.set_defaults(func=_cmd_fuse_folder)
     return parser

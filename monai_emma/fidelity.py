@@ -7,12 +7,14 @@ Scores per slice and modality, inside the slice's foreground (any source above 5
 range):
 
 * ``error``: mean absolute difference between the sensed image and the source (both in [0, 1]);
-* ``structure``: Pearson correlation between the sensed image and the source (1: everything the
-  source varies, the sensor recovers);
-* ``unique``: the same correlation after removing what a linear fit on the *other* source
-  explains: how much of what only this modality shows comes back from the fused image.
+* ``error_without``: the same when the sensor sees the *other* source alone (what it can guess of
+  this modality without it);
+* ``gain``: ``1 - error / error_without``: how much better the modality comes back from the fused
+  image than without it (1: perfectly; 0: no better, the modality is lost; exactly 0 when the
+  "fusion" is the other source alone);
+* ``structure``: Pearson correlation between the sensed image and the source.
 
-A slice is flagged for a modality whose ``unique`` score falls below that modality's threshold
+A slice is flagged for a modality whose ``gain`` falls below that modality's threshold
 (:data:`THRESHOLDS`, calibrated on the development pairs with ``scripts/calibrate_fidelity.py``:
 see ``docs/usage.md``). For volumes the
 report adds the through-plane consistency of each slice: how much more the fused image changes
@@ -33,14 +35,23 @@ import torch
 
 from monai_emma.io.result import FusionResult
 
-__all__ = ["THRESHOLDS", "FOREGROUND", "slice_fidelity", "fidelity_report", "write_report", "report_line"]
+__all__ = [
+    "THRESHOLDS",
+    "FOREGROUND",
+    "FidelityReport",
+    "slice_fidelity",
+    "fidelity_report",
+    "write_report",
+    "report_line",
+    "default_sensors",
+]
 
 #: a slice's pixels where any source exceeds this value (on [0, 1]) are its foreground
 FOREGROUND = 0.05
 #: slices with fewer foreground pixels than this share are not scored
 MIN_FOREGROUND = 0.01
-#: flag a modality when the sensor's recovery of what only it shows (``unique``) falls below this
-THRESHOLDS = {"mri": 0.5, "ct": 0.5, "pet": 0.5, "spect": 0.5, "vis": 0.5, "ir": 0.5}
+#: flag a modality when its recovery ``gain`` falls below this
+THRESHOLDS = {"mri": 0.2, "ct": 0.2, "pet": 0.2, "spect": 0.2, "vis": 0.2, "ir": 0.2}
 
 
 def _pad16(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -55,17 +66,6 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float:
     return float((x * y).sum() / den) if den > 1e-12 else 0.0
 
 
-def _partial(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> float:
-    """r(x, y | z): the correlation of x and y after removing what a linear fit on z explains."""
-    design = np.stack([np.ones_like(z), z], 1)
-
-    def residual(v):
-        coef, *_ = np.linalg.lstsq(design, v, rcond=None)
-        return v - design @ coef
-
-    return _pearson(residual(x), residual(y))
-
-
 @torch.no_grad()
 def slice_fidelity(
     fused: np.ndarray,
@@ -78,8 +78,8 @@ def slice_fidelity(
     """Scores of one fused slice (all (H, W) in [0, 1]) against its two sources.
 
     Returns:
-        ``{"foreground": share, "scores": {modality: {"error", "structure", "unique"}}, "flag": [lost
-        modalities]}``;
+        ``{"foreground": share, "scores": {modality: {"error", "error_without", "gain", "structure"}},
+        "flag": [lost modalities]}``;
         ``scores`` is empty (and nothing flagged) for a slice with too little foreground.
     """
     thresholds = {**THRESHOLDS, **(thresholds or {})}
@@ -88,23 +88,28 @@ def slice_fidelity(
     out: dict[str, Any] = {"foreground": round(share, 4), "scores": {}, "flag": []}
     if share < MIN_FOREGROUND:
         return out
-    x, (h, w) = _pad16(torch.from_numpy(np.asarray(fused, np.float32))[None, None].repeat(2, 1, 1, 1))
-    sensed = sensors(x, list(modalities))[:, 0, :h, :w].cpu().numpy()
+    # each sensor sees the fused slice, and the other source alone (what it recovers without its modality)
+    stack = np.stack([fused, fused, b, a]).astype(np.float32)[:, None]
+    x, (h, w) = _pad16(torch.from_numpy(stack))
+    sensed = sensors(x, [*modalities, *modalities])[:, 0, :h, :w].cpu().numpy()
     sources = (np.asarray(a, np.float64)[fg], np.asarray(b, np.float64)[fg])
     for k, modality in enumerate(modalities):
-        recovered, truth, other = sensed[k][fg].astype(np.float64), sources[k], sources[1 - k]
-        structure = _pearson(recovered, truth)
+        recovered, truth = sensed[k][fg].astype(np.float64), sources[k]
+        without = sensed[2 + k][fg].astype(np.float64)
+        error, error_without = float(np.abs(recovered - truth).mean()), float(np.abs(without - truth).mean())
+        gain = 1.0 - error / error_without if error_without > 1e-6 else 0.0
         out["scores"][modality] = {
-            "error": round(float(np.abs(recovered - truth).mean()), 5),
-            "structure": round(structure, 5),
-            "unique": round(_partial(recovered, truth, other), 5),
+            "error": round(error, 5),
+            "error_without": round(error_without, 5),
+            "gain": round(gain, 5),
+            "structure": round(_pearson(recovered, truth), 5),
         }
-        if out["scores"][modality]["unique"] < thresholds.get(modality, 0.5):
+        if gain < thresholds.get(modality, 0.2):
             out["flag"].append(modality)
     return out
 
 
-def _sensors(sensors):
+def default_sensors(sensors=None):
     if sensors is not None:
         return sensors.eval()
     from monai_emma.networks import pseudo_sensors
@@ -119,7 +124,7 @@ class FidelityReport:
 
     modalities: tuple[str, str]
     slices: list[dict[str, Any]] = field(default_factory=list)
-    thresholds: dict[str, float] = field(default_factory=dict)
+    thresholds: dict[str, float] = field(default_factory=lambda: dict(THRESHOLDS))
 
     @property
     def flagged(self) -> list[int]:
@@ -134,9 +139,9 @@ class FidelityReport:
             "thresholds": {m: self.thresholds[m] for m in self.modalities},
         }
         for m in self.modalities:
-            values = [s["scores"][m]["unique"] for s in scored]
-            summary[f"{m}_unique_min"] = round(min(values), 5) if values else None
-            summary[f"{m}_unique_median"] = round(float(np.median(values)), 5) if values else None
+            values = [s["scores"][m]["gain"] for s in scored]
+            summary[f"{m}_gain_min"] = round(min(values), 5) if values else None
+            summary[f"{m}_gain_median"] = round(float(np.median(values)), 5) if values else None
         steps = [s["through_plane"] for s in self.slices if s.get("through_plane") is not None]
         if steps:
             summary["through_plane_mean"] = round(float(np.mean(steps)), 5)
@@ -161,7 +166,7 @@ def fidelity_report(
     from monai_emma.transforms.colour import rgb_to_ycbcr
     from monai_emma.transforms.geometry import to_display
 
-    bank = _sensors(sensors)
+    bank = default_sensors(sensors)
     anatomical = "vis" if result.modality == "ir" else "mri"
     modality = result.modality or "pet"
     missing = [m for m in (anatomical, modality) if m not in bank.modalities]
