@@ -205,7 +205,7 @@ class FusionSummary:
 
     def iteration_completed(self, engine: Any) -> None:
         job = {**engine.state.batch, **engine.state.output}  # one job per iteration (collate_jobs)
-        record = {k: str(job.get(k, "")) for k in ("name", "modality", "kind")}
+        record = {k: str(job.get(k, "")) for k in ("name", "modality", "kind", "report") if k in job}
         record.update(
             anatomical=str(job["anatomical_volume"].path),
             other=str(job["other_volume"].path),

@@ -249,6 +249,8 @@ class SaveFusiond(MapTransform):
             :class:`~monai_emma.io.outputs.OverlayStyle`).
         overlay_opacity: its colour weight.
         overlay_colormap: its colour map.
+        report: also write the per-slice fidelity report (``<name>_report.json``, see
+            :mod:`monai_emma.fidelity`); its one-line summary goes to ``d["report"]``.
     """
 
     def __init__(
@@ -264,8 +266,10 @@ class SaveFusiond(MapTransform):
         overlay_threshold: float | None = None,
         overlay_opacity: float = 0.5,
         overlay_colormap: str = "hot",
+        report: bool = False,
     ) -> None:
         super().__init__(keys)
+        self.report = report
         from monai_emma.io.outputs import OverlayStyle
 
         self.overlay = OverlayStyle(overlay_colormap, overlay_threshold, overlay_opacity) if overlay else None
@@ -293,4 +297,10 @@ class SaveFusiond(MapTransform):
                 result, out, fmt=fmt, colormap=colour, preview=preview, overwrite=self.overwrite, overlay=overlay
             )
             d["files"] = {k: str(v) for k, v in written.items()}
+            if self.report:
+                from monai_emma.fidelity import fidelity_report, report_line, write_report
+
+                fidelity = fidelity_report(result)
+                d["files"]["report"] = str(write_report(fidelity, self.output_dir / f"{name}_report.json"))
+                d["report"] = report_line(fidelity)
         return d
