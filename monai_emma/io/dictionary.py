@@ -37,7 +37,8 @@ _AFFINE_2D = np.array([[0.0, -1.0, 0.0, 0.0], [-1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 
 class LoadFusionPaird(MapTransform):
     """Read a fusion job's anatomical image and second modality as channel-first MetaTensors.
 
-    3D inputs (NIfTI, a DICOM series folder or file) give ``(1, X, Y, Z)`` float32 in their own
+    3D inputs (any volume format of :func:`~monai_emma.io.volumes.read_volume`, a DICOM series folder
+    or file) give ``(1, X, Y, Z)`` float32 in their own
     units with their voxel-to-RAS affines. 2D images (PNG, JPEG, BMP, TIFF) give their luminance
     Y / 255 as ``(1, H, W, 1)``, the scale of the training slices, marked as scaled (so
     :class:`~monai_emma.transforms.ModalityScaled` leaves it), on a grid already in display
