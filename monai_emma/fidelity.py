@@ -125,6 +125,7 @@ class FidelityReport:
     modalities: tuple[str, str]
     slices: list[dict[str, Any]] = field(default_factory=list)
     thresholds: dict[str, float] = field(default_factory=lambda: dict(THRESHOLDS))
+    units: str = ""  # the second modality's units when converted (``"SUVbw"``)
 
     @property
     def flagged(self) -> list[int]:
@@ -146,7 +147,10 @@ class FidelityReport:
         if steps:
             summary["through_plane_mean"] = round(float(np.mean(steps)), 5)
             summary["through_plane_max"] = round(float(np.max(steps)), 5)
-        return {"modalities": list(self.modalities), "summary": summary, "slices": self.slices}
+        out: dict[str, Any] = {"modalities": list(self.modalities)}
+        if self.units:
+            out["units"] = {self.modalities[1]: self.units}
+        return {**out, "summary": summary, "slices": self.slices}
 
 
 def fidelity_report(
@@ -173,7 +177,7 @@ def fidelity_report(
     if missing:
         raise ValueError(f"the pseudo-sensors have no {', '.join(missing)} sensor; give sensors that do")
     thresholds = {**THRESHOLDS, **(thresholds or {})}
-    report = FidelityReport((anatomical, modality), thresholds=thresholds)
+    report = FidelityReport((anatomical, modality), thresholds=thresholds, units=result.other_units)
     if result.is_3d:
         affine = result.anatomical.affine
         stacks = [to_display(v, affine) for v in (result.fused, result.anatomical_scaled, result.other_scaled)]

@@ -97,6 +97,9 @@ def test_fusion_in_suv_records_it_and_windows_in_suv(tmp_path):
     import nibabel as nib
 
     assert b"SUVbw" in nib.load(str(out)).header["descrip"].tobytes()
+    from monai_emma.fidelity import fidelity_report
+
+    assert fidelity_report(res).as_dict()["units"] == {"pet": "SUVbw"}  # the report records it too
     off = fuse_volumes(pet, pet, model=PickChannel(1), modality="pet", suv="off")
     assert off.other_units == ""
 
@@ -143,3 +146,13 @@ def test_overlay_threshold_defaults_to_suv_2_5(tmp_path):
     assert grey[suv_on_grid < 2.4].all()  # below SUV 2.5: the grey fusion only
     assert not grey[(suv_on_grid > 2.6) & (res.other_scaled < 0.9)].any()  # above: colour (hot ends in white)
     assert files["preview"].is_file()
+
+
+def test_cli_suv_errors_in_one_line_and_writes_nothing(tmp_path, capsys):
+    from monai_emma.cli import main
+
+    pet = write_pet_series(tmp_path / "pet", _suv_volume((8, 8, 3)), drop="PatientWeight")
+    out = tmp_path / "out.nii.gz"
+    assert main(["fuse", str(pet), str(pet), "-o", str(out), "--modality", "pet", "--suv", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no SUV: PatientWeight missing" in err and not out.exists()
