@@ -76,7 +76,8 @@ def test_one_copy_of_each_file_and_a_self_contained_bundle():
     assert bundle_models_dir() == models  # this checkout (an installed wheel carries its own copy)
     assert UFuserWeights.DEFAULT.path == models / "model.pt" and SensorWeights.DEFAULT.path == models / "sensors.pt"
     assert sum(f.stat().st_size for f in models.glob("*.pt")) < 20 * 2**20
-    files = [p for p in REPO.rglob("*.pt") if ".git" not in p.parts and "emma-runs" not in p.parts]
+    skip = {".git", "emma-runs", "build", "dist", ".venv"}  # build outputs and runs are not the repository
+    files = [p for p in REPO.rglob("*.pt") if not skip.intersection(p.relative_to(REPO).parts)]
     digests = [_sha(p) for p in files]
     assert len(digests) == len(set(digests)), "a weights file is in the repository twice"
 
