@@ -140,8 +140,17 @@ def test_train_fuser_runs_on_a_fresh_clone_with_the_shipped_sensors(phantom_root
 def test_inference_on_2d_pair_folders(phantom_root, tmp_path):
     out = tmp_path / "out"
     _run("inference.json", dataset_dir=str(phantom_root), output_dir=str(out), device="cpu")
-    assert sorted(p.name for p in (out / "MRI_PET").iterdir()) == ["1.png", "2.png", "3.png", "4.png"]
+    stems = ["1", "2", "3", "4"]
+    # by default each pair also gets its fidelity report, and PET/SPECT pairs their overlay
+    expected = sorted(f"{s}{suffix}" for s in stems for suffix in (".png", "_overlay.png", "_report.json"))
+    assert sorted(p.name for p in (out / "MRI_PET").iterdir()) == expected
+    assert not list((out / "MRI_CT").glob("*_overlay.png")) and len(list((out / "MRI_CT").glob("*_report.json"))) == 4
     assert (out / "MRI_CT_preview.png").is_file() and (out / "MRI_PET_preview.png").is_file()
+    assert json.loads((out / "MRI_PET" / "1_report.json").read_text())["modalities"] == ["mri", "pet"]
+    # one id turns the extras off: only the fused images remain
+    out2 = tmp_path / "plain"
+    _run("inference.json", dataset_dir=str(phantom_root), output_dir=str(out2), device="cpu", overlay=False, report=False)
+    assert sorted(p.name for p in (out2 / "MRI_PET").iterdir()) == [f"{s}.png" for s in stems]
 
 
 def test_inference_default_sample_from_another_working_directory(tmp_path):
