@@ -149,7 +149,9 @@ def test_inference_on_2d_pair_folders(phantom_root, tmp_path):
     assert json.loads((out / "MRI_PET" / "1_report.json").read_text())["modalities"] == ["mri", "pet"]
     # one id turns the extras off: only the fused images remain
     out2 = tmp_path / "plain"
-    _run("inference.json", dataset_dir=str(phantom_root), output_dir=str(out2), device="cpu", overlay=False, report=False)
+    _run(
+        "inference.json", dataset_dir=str(phantom_root), output_dir=str(out2), device="cpu", overlay=False, report=False
+    )
     assert sorted(p.name for p in (out2 / "MRI_PET").iterdir()) == [f"{s}.png" for s in stems]
 
 
