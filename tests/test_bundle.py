@@ -141,18 +141,19 @@ def test_inference_on_2d_pair_folders(phantom_root, tmp_path):
     out = tmp_path / "out"
     _run("inference.json", dataset_dir=str(phantom_root), output_dir=str(out), device="cpu")
     stems = ["1", "2", "3", "4"]
-    # by default each pair also gets its fidelity report, and PET/SPECT pairs their overlay
-    expected = sorted(f"{s}{suffix}" for s in stems for suffix in (".png", "_overlay.png", "_report.json"))
+    # by default PET/SPECT pairs also get their viewer-style overlay; CT pairs do not
+    expected = sorted(f"{s}{suffix}" for s in stems for suffix in (".png", "_overlay.png"))
     assert sorted(p.name for p in (out / "MRI_PET").iterdir()) == expected
-    assert not list((out / "MRI_CT").glob("*_overlay.png")) and len(list((out / "MRI_CT").glob("*_report.json"))) == 4
+    assert sorted(p.name for p in (out / "MRI_CT").iterdir()) == [f"{s}.png" for s in stems]
     assert (out / "MRI_CT_preview.png").is_file() and (out / "MRI_PET_preview.png").is_file()
-    assert json.loads((out / "MRI_PET" / "1_report.json").read_text())["modalities"] == ["mri", "pet"]
-    # one id turns the extras off: only the fused images remain
-    out2 = tmp_path / "plain"
+    # one id each: no overlay, a fidelity report per pair
+    out2 = tmp_path / "report"
     _run(
-        "inference.json", dataset_dir=str(phantom_root), output_dir=str(out2), device="cpu", overlay=False, report=False
+        "inference.json", dataset_dir=str(phantom_root), output_dir=str(out2), device="cpu", overlay=False, report=True
     )
-    assert sorted(p.name for p in (out2 / "MRI_PET").iterdir()) == [f"{s}.png" for s in stems]
+    expected = sorted(f"{s}{suffix}" for s in stems for suffix in (".png", "_report.json"))
+    assert sorted(p.name for p in (out2 / "MRI_PET").iterdir()) == expected
+    assert json.loads((out2 / "MRI_PET" / "1_report.json").read_text())["modalities"] == ["mri", "pet"]
 
 
 def test_inference_default_sample_from_another_working_directory(tmp_path):
