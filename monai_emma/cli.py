@@ -332,6 +332,25 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_register(args: argparse.Namespace) -> int:
+    from monai_emma.extras import require
+    from monai_emma.model_source import ModelSourceError, resolve_fuser
+
+    require("mlflow", "monai-emma register")
+    from monai_emma.registry import register_fuser
+
+    try:
+        net, where = resolve_fuser(weights=args.weights, bundle=args.bundle, map_location="cpu")
+    except ModelSourceError as err:
+        raise CLIError(str(err)) from err
+    uri, version = register_fuser(
+        net, args.tracking_uri, model_name=args.name, alias=args.alias, experiment=args.experiment, source=where
+    )
+    print(f"registered {where} as {uri} (alias {args.alias}) in {args.tracking_uri}")
+    print(f"serve it: mlflow models serve -m {uri} --env-manager local -h 127.0.0.1 -p 5000")
+    return 0
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument(
@@ -477,6 +496,18 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--seed", type=int, default=0)
     ph.add_argument("--overwrite", action="store_true")
     ph.set_defaults(func=_cmd_phantom)
+
+    rg = sub.add_parser(
+        "register", help="log and register a U-Fuser in an MLflow model registry (as the pipeline does), to serve it"
+    )
+    src = rg.add_mutually_exclusive_group()
+    src.add_argument("--weights", help="U-Fuser file or shipped set by name (default: the shipped default)")
+    src.add_argument("--bundle", help="EMMA MONAI bundle folder (uses models/model.pt)")
+    rg.add_argument("--tracking-uri", required=True, help="MLflow tracking URI, e.g. sqlite:///emma-runs/mlflow.db")
+    rg.add_argument("--name", default="emma-ufuser", help="registered model name (default: emma-ufuser)")
+    rg.add_argument("--alias", default="candidate", help="alias set on the new version (default: candidate)")
+    rg.add_argument("--experiment", default="emma", help="MLflow experiment of the logging run (default: emma)")
+    rg.set_defaults(func=_cmd_register)
 
     ff = sub.add_parser("fuse-folder", help="fuse 2D image pairs matched by file name (PNG, JPEG, BMP, TIFF)")
     ff.add_argument("anatomical_dir", help="folder of anatomical images (MRI, visible)")

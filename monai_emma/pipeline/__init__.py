@@ -10,7 +10,7 @@
   every epoch and resumes from ``ray.train.get_checkpoint()``; world rank 0 logs parameters,
   per-epoch losses, learning rate, validation metrics, system metrics and (stage 2) a PNG of fused
   validation slices.
-* :mod:`~monai_emma.pipeline.registry`: logs the U-Fuser as an MLflow model (pickle format,
+* :mod:`monai_emma.registry` (shared with ``monai-emma register``): logs the U-Fuser as an MLflow model (pickle format,
   signature with dynamic batch, height and width, an input example) with the bundle files,
   registers it (``emma-ufuser``) and the sensors (``emma-sensor-<modality>``), and sets the alias
   (``candidate``).

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from monai_emma.engines.stages import FUSER, SENSORS, STAGES, RunLayout
-from monai_emma.pipeline.registry import experiment_id, find_or_create_run, log_and_register
 from monai_emma.pipeline.worker import quiet_env, ray_checkpoint_dir, train_loop_per_worker
+from monai_emma.registry import experiment_id, find_or_create_run, log_and_register
 
 __all__ = ["PipelineOptions", "PipelineResult", "run_pipeline", "local_defaults", "write_run_folder"]
 

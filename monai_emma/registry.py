@@ -1,5 +1,6 @@
-"""MLflow for the pipeline: parent and stage runs (found again on a rerun), and logging and
-registering the trained U-Fuser and pseudo-sensors as MLflow models."""
+"""The MLflow model registry: runs (found again on a rerun), and logging and registering a U-Fuser
+and pseudo-sensors as MLflow models, one code path for the Ray pipeline and ``monai-emma
+register`` (needs the ``tracking`` extra)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 
 from monai_emma.networks.sensor_bank import SensorBank
 
-__all__ = ["find_or_create_run", "experiment_id", "log_and_register"]
+__all__ = ["find_or_create_run", "experiment_id", "local_artifact_location", "log_and_register", "register_fuser"]
 
 
 def find_or_create_run(client, experiment_id: str, tags: dict[str, str], name: str, parent: str | None = None) -> str:
@@ -68,7 +69,7 @@ def log_and_register(
             pip_requirements=requirements,
             registered_model_name=model_name,
         )
-        bundle = Path(__file__).resolve().parents[2] / "bundles" / "emma"  # a source checkout
+        bundle = Path(__file__).resolve().parents[1] / "bundles" / "emma"  # a source checkout
         for sub in ("configs", "docs"):
             if (bundle / sub).is_dir():
                 client.log_artifacts(parent_id, str(bundle / sub), artifact_path=f"bundle/{sub}")
@@ -85,3 +86,45 @@ def log_and_register(
     version = str(info.registered_model_version)
     client.set_registered_model_alias(model_name, alias, version)
     return f"models:/{model_name}/{version}", version, sensor_versions
+
+
+def local_artifact_location(tracking_uri: str) -> str | None:
+    """``<folder of the database>/mlartifacts`` for a SQLite tracking URI (where the pipeline keeps
+    its artifacts), so that nothing lands in the working directory; ``None`` (the server's
+    default) otherwise."""
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix):
+        return None
+    return (Path(tracking_uri[len(prefix) :]).resolve().parent / "mlartifacts").as_uri()
+
+
+def register_fuser(
+    fuser: torch.nn.Module,
+    tracking_uri: str,
+    model_name: str = "emma-ufuser",
+    alias: str = "candidate",
+    experiment: str = "emma",
+    run_name: str = "register",
+    source: str = "",
+    sensors: SensorBank | None = None,
+) -> tuple[str, str]:
+    """Log and register ``fuser`` (and ``sensors``) in its own MLflow run, exactly as the pipeline
+    registers a trained U-Fuser, so that any weights can be served with ``mlflow models serve``.
+
+    Returns:
+        (model URI ``models:/<name>/<version>``, version).
+    """
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    client = mlflow.MlflowClient(tracking_uri)
+    exp = experiment_id(client, experiment, local_artifact_location(tracking_uri))
+    tags = {"emma.role": "register", "emma.source": source}
+    run_id = client.create_run(exp, run_name=run_name, tags=tags).info.run_id
+    try:
+        uri, version, _ = log_and_register(client, run_id, fuser, sensors, model_name, alias)
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    return uri, version
