@@ -271,6 +271,7 @@ class SaveFusiond(MapTransform):
     ) -> None:
         super().__init__(keys)
         self.report = report
+        self._sensors = None  # the shipped pseudo-sensors, loaded on the first report
         from monai_emma.io.outputs import OverlayStyle
 
         self.overlay = OverlayStyle(overlay_colormap, overlay_threshold, overlay_opacity) if overlay else None
@@ -299,9 +300,11 @@ class SaveFusiond(MapTransform):
             )
             d["files"] = {k: str(v) for k, v in written.items()}
             if self.report:
-                from monai_emma.fidelity import fidelity_report, report_line, write_report
+                from monai_emma.fidelity import default_sensors, fidelity_report, report_line, write_report
 
-                fidelity = fidelity_report(result)
+                if self._sensors is None:
+                    self._sensors = default_sensors()
+                fidelity = fidelity_report(result, sensors=self._sensors)
                 d["files"]["report"] = str(write_report(fidelity, self.output_dir / f"{name}_report.json"))
                 d["report"] = report_line(fidelity)
         return d
