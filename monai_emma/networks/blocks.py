@@ -12,6 +12,7 @@ Every block has two numerically equivalent forward paths:
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +29,9 @@ __all__ = [
     "ResidualConvBlock",
     "RestormerCNNBlock",
     "reflect_conv",
+    "Workspace",
+    "padded_buffer",
+    "reflect_border_",
     "reflect_pad_cat",
 ]
 
@@ -40,25 +44,91 @@ def reflect_conv(in_channels: int, out_channels: int, stride: int = 1, bias: boo
 _SMALL_MAP = 64 * 64
 
 
-def reflect_pad_cat(*tensors: torch.Tensor) -> torch.Tensor:
-    """Concatenate (B, C_i, H, W) tensors along channels and reflect-pad by one pixel, in one
-    channels-last buffer (one copy per input instead of a ``cat`` and a ``pad``)."""
-    first = tensors[0]
-    b, _, h, w = first.shape
-    if len(tensors) == 1 and h * w <= _SMALL_MAP:
-        # small maps: one padding kernel beats the six copies below
-        return F.pad(first.contiguous(memory_format=torch.channels_last), (1, 1, 1, 1), mode="reflect")
-    c = sum(t.shape[1] for t in tensors)
-    out = torch.empty((b, c, h + 2, w + 2), dtype=first.dtype, device=first.device, memory_format=torch.channels_last)
-    start = 0
-    for t in tensors:
-        out[:, start : start + t.shape[1], 1:-1, 1:-1].copy_(t)
-        start += t.shape[1]
+class Workspace:
+    """Padded inference buffers kept from one forward pass to the next, per thread.
+
+    Allocating a fresh multi-megabyte buffer for every padding costs a page fault per 4 KiB the
+    first time it is written, which on small CPUs can take as long as the convolution that reads
+    it. The fast path therefore asks for its padded buffers by a *role* (a key unique among the
+    buffers alive at the same time) and gets the same memory back on every call with the same
+    shapes. Buffers belong to the calling thread, so concurrent forward passes never share one,
+    and a call with another input shape drops the old set.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def __getstate__(self) -> dict:
+        return {}  # buffers are scratch memory: never pickled, copied or saved
+
+    def __setstate__(self, state: dict) -> None:
+        self._local = threading.local()
+
+    def start(self, signature: tuple) -> None:
+        """Begin a forward pass; a new ``signature`` (input shape, dtype, device, mode) frees the
+        buffers of the previous one."""
+        if getattr(self._local, "signature", None) != signature:
+            self._local.signature = signature
+            self._local.buffers = {}
+
+    def clear(self) -> None:
+        """Free every buffer this thread holds."""
+        self._local.signature, self._local.buffers = None, {}
+
+    def get(self, role: Any, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        buffers = getattr(self._local, "buffers", None)
+        if buffers is None:
+            buffers = self._local.buffers = {}
+        key = (role, shape)
+        buf = buffers.get(key)
+        if buf is None:
+            buf = torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=torch.channels_last)
+            buffers[key] = buf
+        return buf
+
+
+def padded_buffer(
+    like: torch.Tensor, channels: int, workspace: Workspace | None = None, role: Any = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """An uninitialised channels-last (B, channels, H + 2, W + 2) buffer for a one-pixel reflect
+    padding of maps shaped like ``like``, and its (B, channels, H, W) interior view.
+
+    Inference code writes a result straight into the interior (``out=``), then calls
+    :func:`reflect_border_`, so that padding costs no extra pass over the map. With a
+    ``workspace`` the buffer is the one kept for ``role`` (see :class:`Workspace`)."""
+    b, _, h, w = like.shape
+    shape = (b, channels, h + 2, w + 2)
+    if workspace is not None:
+        out = workspace.get(role, shape, like)
+    else:
+        out = torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=torch.channels_last)
+    return out, out[:, :, 1:-1, 1:-1]
+
+
+def reflect_border_(out: torch.Tensor) -> torch.Tensor:
+    """Fill the one-pixel border of a padded buffer by reflecting its interior (in place)."""
     out[:, :, 0, 1:-1].copy_(out[:, :, 2, 1:-1])
     out[:, :, -1, 1:-1].copy_(out[:, :, -3, 1:-1])
     out[:, :, :, 0].copy_(out[:, :, :, 2])
     out[:, :, :, -1].copy_(out[:, :, :, -3])
     return out
+
+
+def reflect_pad_cat(*tensors: torch.Tensor, workspace: Workspace | None = None, role: Any = "pad") -> torch.Tensor:
+    """Concatenate (B, C_i, H, W) tensors along channels and reflect-pad by one pixel, in one
+    channels-last buffer (one copy per input instead of a ``cat`` and a ``pad``); the buffer is
+    ``workspace``'s for ``role`` when a workspace is given."""
+    first = tensors[0]
+    _, _, h, w = first.shape
+    if len(tensors) == 1 and h * w <= _SMALL_MAP:
+        # small maps: one padding kernel beats the five copies below
+        return F.pad(first.contiguous(memory_format=torch.channels_last), (1, 1, 1, 1), mode="reflect")
+    out, inner = padded_buffer(first, sum(t.shape[1] for t in tensors), workspace, role)
+    start = 0
+    for t in tensors:
+        inner[:, start : start + t.shape[1]].copy_(t)
+        start += t.shape[1]
+    return reflect_border_(out)
 
 
 def _channel_matmul_add(residual: torch.Tensor, mix: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -123,6 +193,20 @@ def _channel_layer_norm_fast(
     if weight is not None:
         y = torch.addcmul(bias, y, weight) if bias is not None else y.mul_(weight)
     return y.reshape(b, h, w, c).permute(0, 3, 1, 2)
+
+
+def _normalise_into_padded(x: torch.Tensor, eps: float, workspace: Workspace | None = None) -> torch.Tensor:
+    """Affine-free channel layer norm of ``x`` written into a reflect-padded channels-last buffer."""
+    b, c, h, w = x.shape
+    if c > 16 or not x.is_contiguous(memory_format=torch.channels_last):
+        return reflect_pad_cat(_channel_layer_norm(x, None, None, eps), workspace=workspace, role="ffn_in")
+    t = x.permute(0, 2, 3, 1).reshape(-1, c)
+    avg = torch.full((c, 1), 1.0 / c, dtype=x.dtype, device=x.device)
+    cen = t - t @ avg
+    scale = ((cen * cen) @ avg).add_(eps).rsqrt_()
+    out, inner = padded_buffer(x, c, workspace, "ffn_in")
+    torch.mul(cen.view(b, h, w, c), scale.view(b, h, w, 1), out=inner.permute(0, 2, 3, 1))
+    return reflect_border_(out)
 
 
 class ChannelAttention(nn.Module):
@@ -253,10 +337,12 @@ class GlobalBranch(nn.Module):
             "ffn_out": ffn.project_out.weight[:, :, 0, 0],
         }
 
-    def forward_fast(self, x: torch.Tensor, w: dict[str, Any]) -> torch.Tensor:
+    def forward_fast(self, x: torch.Tensor, w: dict[str, Any], workspace: Workspace | None = None) -> torch.Tensor:
         n = self.attn_norm
         x = self.attn.forward_fast(_channel_layer_norm_fast(x, n.weight, n.bias, n.eps), x, w["attn"])
-        y = reflect_pad_cat(_channel_layer_norm_fast(x, None, None, self.ffn_norm.eps))
+        y = _normalise_into_padded(x, self.ffn_norm.eps, workspace)
+        # two convolutions, not one C -> 2C: GELU over a channel slice of a channels-last map
+        # falls off the vectorised path and costs more than the convolution it saves
         g = F.gelu(F.conv2d(y, w["ffn_gate_w"], w["ffn_gate_b"])).mul_(F.conv2d(y, w["ffn_value_w"], w["ffn_value_b"]))
         return _channel_matmul_add(x, w["ffn_out"].expand(x.shape[0], -1, -1), g)
 
@@ -278,10 +364,39 @@ class ResidualConvBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv2(self.act(self.conv1(x)))
 
-    def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.conv2d(reflect_pad_cat(x), self.conv1.weight, self.conv1.bias)
-        y = y.relu_() if isinstance(self.act, nn.ReLU) else self.act(y)
-        return F.conv2d(reflect_pad_cat(y), self.conv2.weight, self.conv2.bias).add_(x)
+    def forward_fast(
+        self,
+        padded: torch.Tensor,
+        x: torch.Tensor,
+        out: torch.Tensor | None = None,
+        workspace: Workspace | None = None,
+        role: Any = "res",
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Inference path on a reflect-padded input.
+
+        Args:
+            padded: (B, C, H + 2, W + 2) channels-last, the one-pixel reflect padding of ``x``.
+            x: (B, C, H, W), the block input (the interior of ``padded``).
+            out: optional (B, C, H, W) view to write the result into; its padding is then the
+                caller's job.
+            workspace: keeps the block's two padded buffers (roles ``(role, "mid")`` and
+                ``(role, "out")``) between calls.
+
+        Returns:
+            ``(padded result, result)``; the padded result is ``None`` when ``out`` is given.
+        """
+        y = F.conv2d(padded, self.conv1.weight, self.conv1.bias)
+        mid, mid_inner = padded_buffer(x, y.shape[1], workspace, (role, "mid"))
+        if isinstance(self.act, nn.ReLU):
+            torch.clamp_min(y, 0.0, out=mid_inner)
+        else:
+            mid_inner.copy_(self.act(y))
+        y = F.conv2d(reflect_border_(mid), self.conv2.weight, self.conv2.bias)
+        if out is not None:
+            return None, torch.add(y, x, out=out)
+        res, res_inner = padded_buffer(x, y.shape[1], workspace, (role, "out"))
+        torch.add(y, x, out=res_inner)
+        return reflect_border_(res), res_inner
 
 
 class RestormerCNNBlock(nn.Module):
@@ -324,11 +439,24 @@ class RestormerCNNBlock(nn.Module):
     def merged_weights(self) -> dict[str, Any]:
         return {"global": self.global_branch.merged_weights()}
 
-    def forward_fast(self, inputs: Sequence[torch.Tensor], w: dict[str, Any]) -> torch.Tensor:
-        """Inference path from :meth:`merged_weights`; ``inputs`` are concatenated along channels."""
-        x = F.conv2d(reflect_pad_cat(*inputs), self.embed.weight)
-        g = self.global_branch.forward_fast(x, w["global"])
-        loc = x
-        for blk in self.local_branch:
-            loc = blk.forward_fast(loc)
-        return F.conv2d(reflect_pad_cat(g, loc), self.merge.weight)
+    def forward_fast(
+        self, inputs: Sequence[torch.Tensor], w: dict[str, Any], workspace: Workspace | None = None
+    ) -> torch.Tensor:
+        """Inference path from :meth:`merged_weights`; ``inputs`` are concatenated along channels.
+
+        Every padded buffer is consumed inside this call, so one ``workspace`` can serve all
+        blocks in turn."""
+        x = F.conv2d(reflect_pad_cat(*inputs, workspace=workspace, role="embed_in"), self.embed.weight)
+        c = x.shape[1]
+        g = self.global_branch.forward_fast(x, w["global"], workspace)
+        # the local branch writes its result straight into the merge convolution's padded input
+        merge_in, merge_inner = padded_buffer(x, 2 * c, workspace, "merge_in")
+        padded, loc = reflect_pad_cat(x, workspace=workspace, role="local_in"), x
+        last = len(self.local_branch) - 1
+        for k, blk in enumerate(self.local_branch):
+            target = merge_inner[:, c:] if k == last else None
+            padded, loc = blk.forward_fast(padded, loc, out=target, workspace=workspace, role=("local", k))
+        if last < 0:
+            merge_inner[:, c:].copy_(x)
+        merge_inner[:, :c].copy_(g)
+        return F.conv2d(reflect_border_(merge_in), self.merge.weight)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from monai.networks.layers.utils import get_act_layer
 from torch import nn
 
-from monai_emma.networks.blocks import RestormerCNNBlock, reflect_conv, reflect_pad_cat
+from monai_emma.networks.blocks import RestormerCNNBlock, Workspace, reflect_conv, reflect_pad_cat
 from monai_emma.networks.official import load_official_state_dict, ufuser_key_from_official
 
 __all__ = ["UFuser", "ufuser", "SupportsStateDict"]
@@ -115,6 +115,7 @@ class UFuser(nn.Module):
             self.out_act = get_act_layer(out_act)
         self._fast_key: tuple | None = None
         self._fast_weights: list[Any] | None = None
+        self._workspace = Workspace()
 
     # ------------------------------------------------------------------ construction helpers
     @classmethod
@@ -197,24 +198,31 @@ class UFuser(nn.Module):
         levels = len(self.features)
         w_ea, w_eb = weights[:levels], weights[levels : 2 * levels]
         w_fu, w_de = weights[2 * levels : 3 * levels], weights[3 * levels :]
+        ws = self._workspace
+        ws.start((tuple(x.shape), x.dtype, x.device, torch.is_inference_mode_enabled()))
         a, b = x[:, 0:1], x[:, 1:2]
         fused = []
         for i in range(levels):
             if i > 0:
-                a = F.conv2d(reflect_pad_cat(a), self.down_a[i - 1].weight, stride=2)
-                b = F.conv2d(reflect_pad_cat(b), self.down_b[i - 1].weight, stride=2)
-            a = self.encoder_a[i].forward_fast((a,), w_ea[i])
-            b = self.encoder_b[i].forward_fast((b,), w_eb[i])
-            fused.append(self.fusion[i].forward_fast((b, a), w_fu[i]))
-        out = self.decoder[-1].forward_fast((fused[-1],), w_de[-1])
+                a = F.conv2d(reflect_pad_cat(a, workspace=ws, role="down"), self.down_a[i - 1].weight, stride=2)
+                b = F.conv2d(reflect_pad_cat(b, workspace=ws, role="down"), self.down_b[i - 1].weight, stride=2)
+            a = self.encoder_a[i].forward_fast((a,), w_ea[i], ws)
+            b = self.encoder_b[i].forward_fast((b,), w_eb[i], ws)
+            fused.append(self.fusion[i].forward_fast((b, a), w_fu[i], ws))
+        out = self.decoder[-1].forward_fast((fused[-1],), w_de[-1], ws)
         for i in range(levels - 2, -1, -1):
-            out = self.decoder[i].forward_fast((self.up[i](out), fused[i]), w_de[i])
-        out = F.conv2d(reflect_pad_cat(out), self.head.weight, self.head.bias)
+            out = self.decoder[i].forward_fast((self.up[i](out), fused[i]), w_de[i], ws)
+        out = F.conv2d(reflect_pad_cat(out, workspace=ws, role="head"), self.head.weight, self.head.bias)
         return self.out_act(out).contiguous()
 
+    def release_workspace(self) -> None:
+        """Free the padded buffers the inference path keeps between calls (this thread's)."""
+        self._workspace.clear()
+
     def _apply(self, fn, recurse=True):  # noqa: ANN001 - torch signature
-        # moving or casting the module invalidates the merged weights
+        # moving or casting the module invalidates the merged weights and the buffers
         self._fast_weights, self._fast_key = None, None
+        self._workspace.clear()
         return super()._apply(fn, recurse)
 
 

@@ -117,6 +117,48 @@ def test_fast_path_equals_plain_path_and_follows_weight_changes():
     assert (fast3 - ref3).abs().max() < 1e-5
 
 
+def test_reused_buffers_follow_shapes_threads_and_copies():
+    """The fast path keeps its padded buffers between calls: results must not depend on what ran
+    before, on another thread running at the same time, or on copying the module."""
+    import pickle
+    import threading
+
+    net = perturbed(UFuser()).eval()
+    xs = [torch.rand(1, 2, 64, 64), torch.rand(2, 2, 48, 80), torch.rand(1, 2, 64, 64)]
+    with torch.no_grad():
+        plain = [net._forward_plain(x) for x in xs]
+        fast = [net(x) for x in xs]  # shape changes drop and rebuild the buffers
+        again = net(xs[0])
+    for f, p in zip(fast, plain):
+        assert (f - p).abs().max() < 1e-5
+    assert torch.equal(again, fast[0])
+
+    results: dict[int, list[torch.Tensor]] = {}
+
+    def work(k: int) -> None:
+        with torch.no_grad():
+            results[k] = [net(xs[k]) for _ in range(3)]
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k in (0, 1):
+        for out in results[k]:
+            assert (out - plain[k]).abs().max() < 1e-5
+
+    # scratch buffers are never pickled or deep-copied, and the copies work
+    clone = pickle.loads(pickle.dumps(net))
+    twin = copy.deepcopy(net)
+    with torch.no_grad():
+        assert (clone(xs[1]) - plain[1]).abs().max() < 1e-5
+        assert (twin(xs[1]) - plain[1]).abs().max() < 1e-5
+    net.release_workspace()
+    with torch.no_grad():
+        assert torch.equal(net(xs[0]), fast[0])
+
+
 def test_inference_mode_and_mode_switches_return_self():
     net = UFuser()
     assert net.eval() is net and net.train() is net
