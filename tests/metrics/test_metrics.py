@@ -161,3 +161,55 @@ def test_cpu_gaussian_filter_equals_the_separable_convolution():
         got = _filter_valid(x, g)
         assert got.shape == (3, 40 - k + 1, 33 - k + 1)
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-9)
+
+
+def test_cpu_gaussian_filter_keeps_every_second_sample():
+    """VIF's downsampling filters only the samples it keeps (step 2); same values as filtering all."""
+    from monai_emma.metrics.functional import _filter_valid, _gauss_1d
+
+    x = torch.rand(2, 70, 61, dtype=torch.float64) * 255
+    for k in (17, 9, 5, 3):  # 17 takes the banded-matrix path, the others shifted views
+        g = _gauss_1d(k, "cpu")
+        torch.testing.assert_close(_filter_valid(x, g, step=2), _filter_valid(x, g)[:, ::2, ::2], rtol=0, atol=1e-9)
+
+
+def test_vif_clamping_rules_match_their_sequential_statement():
+    """The folded VIF rules equal the reference's rules applied one after another (numpy), on
+    values that hit every rule: tiny and negative variances, negative covariance gains."""
+    from monai_emma.metrics.functional import _vif_terms
+
+    rng = np.random.default_rng(3)
+    shape = (1, 2, 30, 30)
+    s1 = rng.choice([0.0, 1e-12, -1e-3, 5.0, 300.0], size=shape) * rng.random(shape)
+    s2 = rng.choice([0.0, 1e-12, 2.0, 400.0], size=(1, 1, 30, 30)) * rng.random((1, 1, 30, 30))
+    s12 = rng.normal(0, 20, size=shape)
+
+    eps, sigma_nsq = 1e-10, 2.0
+    n1, n2, n12 = np.maximum(s1, 0), np.broadcast_to(np.maximum(s2, 0), shape).copy(), s12.copy()
+    g = n12 / (n1 + eps)
+    sv = n2 - g * n12
+    m = n1 < eps
+    g[m], sv[m], n1[m] = 0, n2[m], 0
+    m = n2 < eps
+    g[m], sv[m] = 0, 0
+    m = g < 0
+    sv[m], g[m] = n2[m], 0
+    sv[sv <= eps] = eps
+    num = np.log10(1 + g * g * n1 / (sv + sigma_nsq)).sum((-2, -1))
+    den = np.log10(1 + n1 / sigma_nsq).sum((-2, -1))
+
+    got_num, got_den = _vif_terms(torch.from_numpy(s1), torch.from_numpy(s2), torch.from_numpy(s12))
+    np.testing.assert_allclose(got_num.numpy(), num, rtol=1e-12)
+    np.testing.assert_allclose(got_den.numpy(), den, rtol=1e-12)
+    assert (n1 == 0).any() and (np.broadcast_to(s2, shape) < eps).any() and (s12 < 0).any()
+
+
+def test_ssim_border_is_scipy_reflect():
+    """SSIM's uniform filter pads like scipy.ndimage 'reflect' (numpy 'symmetric')."""
+    from monai_emma.metrics.functional import _symmetric_border_
+
+    x = torch.rand(2, 9, 11, dtype=torch.float64)
+    buf = torch.zeros(2, 15, 17, dtype=torch.float64)
+    buf[:, 3:-3, 3:-3] = x
+    expected = np.pad(x.numpy(), ((0, 0), (3, 3), (3, 3)), mode="symmetric")
+    np.testing.assert_array_equal(_symmetric_border_(buf, 3).numpy(), expected)
