@@ -24,7 +24,8 @@ class BuildWithBundleModels(build_py):
 
 
 TRACKING = ["mlflow>=3.0", "psutil>=5.9"]  # psutil: MLflow system metrics
-DISTRIBUTED = ["ray[train]>=2.40"]
+# ray[default]: the dashboard and job server behind `ray start --head` and `ray job submit`
+DISTRIBUTED = ["ray[default,train]>=2.40"]
 
 setup(
     name="monai-emma",

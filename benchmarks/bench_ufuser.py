@@ -5,6 +5,7 @@ Examples::
     python benchmarks/bench_ufuser.py                     # 256 and 512, batch 1 and 8, 2 threads
     python benchmarks/bench_ufuser.py --official-dir ../MMIF-EMMA   # adds the official model side by side
     python benchmarks/bench_ufuser.py --compile --sizes 256 --batches 1
+    python benchmarks/bench_ufuser.py --profile            # where the time goes, against the CPU's rates
 
 ``--official-dir`` is a checkout of ``Zhaozixiang1228/MMIF-EMMA`` (needs ``einops``); it is
 imported from there at run time and never copied into this project. Official and monai-emma runs
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -112,6 +114,74 @@ def peak_memory_mb(size: int, batch: int, threads: int, compile_: bool) -> float
         return float("nan")
 
 
+def _rate_ms(fn, repeats: int = 21) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(times)
+
+
+def machine_rates() -> dict[str, float]:
+    """GFLOP/s this CPU reaches for fp32 GEMM and for 3x3 channels-last convolutions of 8 and 16
+    channels (the U-Fuser's first level), measured here and now."""
+    import torch.nn.functional as F
+
+    out = {}
+    a = torch.rand(1024, 1024)
+    out["GEMM 1024^3"] = 2 * 1024**3 / _rate_ms(lambda: a @ a) / 1e6
+    for c, hw in ((8, 256), (16, 256), (32, 64)):
+        x = torch.rand(1, c, hw + 2, hw + 2).contiguous(memory_format=torch.channels_last)
+        w = torch.rand(c, c, 3, 3)
+        out[f"conv3x3 {c}->{c} @ {hw}^2"] = 2 * c * c * 9 * hw * hw / _rate_ms(lambda x=x, w=w: F.conv2d(x, w)) / 1e6
+    return out
+
+
+def profile_fast_path(size: int = 256, batch: int = 1, repeats: int = 5) -> list[dict]:
+    """Self time per op kind (ms per forward) on the inference path, with GFLOP/s for convolutions
+    and matrix products (FLOPs from the recorded shapes)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from monai_emma.networks import UFuser
+
+    net = UFuser().eval()
+    x = torch.rand(batch, 2, size, size)
+    with torch.inference_mode():
+        for _ in range(3):
+            net(x)
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            for _ in range(repeats):
+                net(x)
+    rows: dict[str, dict[str, float]] = {}
+    for ev in prof.events():
+        if ev.cpu_parent is not None:
+            continue  # top-level ops, each with the time of everything it called
+        shapes, args = ev.input_shapes or [], getattr(ev, "concrete_inputs", None) or []
+        flops, key = 0.0, ev.name
+        if ev.name == "aten::conv2d" and len(shapes) > 1 and len(args) > 6:
+            (n, _, h, w), (co, ci, kh, kw) = shapes[0], shapes[1]
+            stride, pad = args[3], args[4]
+            ho, wo = (h + 2 * pad[0] - kh) // stride[0] + 1, (w + 2 * pad[1] - kw) // stride[1] + 1
+            flops = 2.0 * n * co * ci * kh * kw * ho * wo / args[6]
+            key = f"conv {ci}->{co} {kh}x{kw}/{stride[0]} -> {ho}x{wo}"
+        elif ev.name in ("aten::mm", "aten::bmm", "aten::baddbmm", "aten::matmul") and len(shapes) >= 2:
+            sa, sb = (shapes[1], shapes[2]) if ev.name == "aten::baddbmm" else (shapes[0], shapes[1])
+            if len(sa) >= 2 and len(sb) >= 2:
+                flops = 2.0 * math.prod(sa) * sb[-1]
+        row = rows.setdefault(key, {"ms": 0.0, "flops": 0.0, "calls": 0})
+        row["ms"] += ev.cpu_time_total / 1e3 / repeats
+        row["flops"] += flops / repeats
+        row["calls"] += 1 / repeats
+    out = []
+    for key, row in sorted(rows.items(), key=lambda kv: -kv[1]["ms"]):
+        gflops = row["flops"] / (row["ms"] / 1e3) / 1e9 if row["flops"] and row["ms"] else float("nan")
+        out.append({"op": key, "ms_per_forward": row["ms"], "calls": row["calls"], "gflops": gflops})
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
@@ -122,6 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--compile", action="store_true", help="also time torch.compile(UFuser)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--json", help="write the results to this JSON file")
+    parser.add_argument("--profile", action="store_true", help="print where the fast path spends its time and exit")
     parser.add_argument(
         "--tune-allocator",
         action="store_true",
@@ -130,6 +201,22 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    if args.profile:
+        rates = machine_rates()
+        for k, v in rates.items():
+            print(f"machine: {k}: {v:.0f} GFLOP/s")
+        rows = profile_fast_path(args.sizes[0], args.batches[0])
+        total = sum(r["ms_per_forward"] for r in rows)
+        print(f"fast path, {args.sizes[0]}^2 batch {args.batches[0]}: {total:.1f} ms of op self time per forward")
+        print(f"{'op':<34} {'ms':>7} {'share':>6} {'calls':>6} {'GFLOP/s':>8}")
+        for r in rows[:25]:
+            print(
+                f"{r['op']:<34} {r['ms_per_forward']:>7.2f} {r['ms_per_forward'] / total:>6.1%} "
+                f"{r['calls']:>6.0f} {r['gflops']:>8.0f}"
+            )
+        if args.json:
+            Path(args.json).write_text(json.dumps({"rates": rates, "profile": rows}, indent=2))
+        return {"rates": rates, "profile": rows}
     from monai_emma.networks import UFuser
 
     official_cls = _load_official(args.official_dir)
