@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("ray.dashboard", reason="needs the [distributed] extra (ray[default])")
+pytest.importorskip("ray.dashboard.optional_deps", reason="needs the [distributed] extra (ray[default])")
 pytest.importorskip("mlflow", reason="needs the [tracking] extra")
 if not sys.platform.startswith("linux"):
     pytest.skip("the loopback cluster finds its processes through /proc", allow_module_level=True)
