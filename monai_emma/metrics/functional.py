@@ -323,6 +323,11 @@ def qabf(f, a, b) -> torch.Tensor:
     return (qaf * ga + qbf * gb).sum((1, 2)) / (ga + gb).sum((1, 2))
 
 
+def _is_8bit(x: torch.Tensor) -> bool:
+    """All values are integers in [0, 255]."""
+    return bool(((x >= 0) & (x <= 255) & (x == x.round())).all())
+
+
 def _symmetric_border_(buf: torch.Tensor, p: int) -> torch.Tensor:
     """Fill a p-pixel border of (B, H + 2p, W + 2p) from its interior, repeating the edge sample
     (scipy.ndimage's 'reflect', numpy's 'symmetric': d c b a | a b c d | d c b a)."""
@@ -348,19 +353,33 @@ def ssim(f, a, b, data_range: float = 2.0) -> torch.Tensor:
     without a 3-pixel border). ``data_range=2`` reproduces the published numbers (what old
     scikit-image inferred for float images); ``data_range=255`` is the standard variant."""
     f, a, b = _b(f), _b(a), _b(b)
+    return _ssim_sum(f, a, b, data_range, exact_sums=all(_is_8bit(x) for x in (f, a, b)))
+
+
+def _ssim_sum(f, a, b, data_range: float, exact_sums: bool) -> torch.Tensor:
     n, win = f.shape[0], 7
     p = win // 2
     h, w = f.shape[-2:]
     if min(h, w) < win:
         raise ValueError(f"a {h}x{w} image is too small for SSIM's {win}x{win} window")
     # F's moments are filtered once and shared by both pairs (8 filtered maps instead of 10),
-    # written straight into one padded buffer for scipy's uniform_filter (mode 'reflect')
-    buf = torch.empty((8, n, h + 2 * p, w + 2 * p), dtype=f.dtype, device=f.device)
+    # written straight into one padded buffer for scipy's uniform_filter (mode 'reflect').
+    # 8-bit images take float32 *sums* (window of ones, divided by 49 in float64 afterwards):
+    # every product and sum is an integer below 2**24, so float32 holds them exactly, and the
+    # filtering moves half the bytes.
+    exact = exact_sums
+    work = torch.float32 if exact else f.dtype
+    buf = torch.empty((8, n, h + 2 * p, w + 2 * p), dtype=work, device=f.device)
     inner = buf[:, :, p:-p, p:-p]
-    for k, (x, y) in enumerate(((f, None), (a, None), (b, None), (f, f), (a, a), (b, b), (f, a), (f, b))):
-        inner[k].copy_(x) if y is None else torch.mul(x, y, out=inner[k])
-    box = torch.full((win,), 1.0 / win, dtype=f.dtype, device=f.device)
+    f_, a_, b_ = (x.to(work) for x in (f, a, b))
+    for k, x in enumerate((f_, a_, b_)):
+        inner[k].copy_(x)
+    for k, (x, y) in enumerate(((f_, f_), (a_, a_), (b_, b_), (f_, a_), (f_, b_)), start=3):
+        torch.mul(x, y, out=inner[k])
+    box = torch.full((win,), 1.0 if exact else 1.0 / win, dtype=work, device=f.device)
     m = _separable_valid(_symmetric_border_(buf.flatten(0, 1), p), box).unflatten(0, (8, n))
+    if exact:
+        m = m.to(f.dtype).div_(win * win)
     return _ssim_from_moments(m[0], m[1], m[3], m[4], m[6], data_range, win) + _ssim_from_moments(
         m[0], m[2], m[3], m[5], m[7], data_range, win
     )

@@ -213,3 +213,18 @@ def test_ssim_border_is_scipy_reflect():
     buf[:, 3:-3, 3:-3] = x
     expected = np.pad(x.numpy(), ((0, 0), (3, 3), (3, 3)), mode="symmetric")
     np.testing.assert_array_equal(_symmetric_border_(buf, 3).numpy(), expected)
+
+
+def test_ssim_exact_float32_sums_for_8bit_images():
+    """8-bit images take SSIM's window sums in float32 (exact: integers below 2**24); the result
+    equals the float64 path, and other images take the float64 path."""
+    from monai_emma.metrics.functional import _ssim_sum, ssim
+
+    g = torch.Generator().manual_seed(4)
+    f, a, b = (torch.randint(0, 256, (2, 40, 52), generator=g).double() for _ in range(3))
+    f[0, 5:20, 5:30] = 255.0  # flat saturated patch: the largest sums
+    fast = _ssim_sum(f, a, b, 2.0, exact_sums=True)
+    plain = _ssim_sum(f, a, b, 2.0, exact_sums=False)
+    torch.testing.assert_close(fast, plain, rtol=1e-12, atol=0)
+    torch.testing.assert_close(ssim(f, a, b), plain, rtol=1e-12, atol=0)
+    torch.testing.assert_close(ssim(f + 0.25, a, b), _ssim_sum(f + 0.25, a, b, 2.0, exact_sums=False), rtol=0, atol=0)
