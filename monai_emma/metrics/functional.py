@@ -164,6 +164,29 @@ def _band(n: int, g: torch.Tensor, step: int = 1) -> torch.Tensor:
     return out.scatter_(1, idx, g.expand(starts.numel(), k).contiguous())
 
 
+def _blocks(m: int, size: int = 40) -> list[tuple[int, int]]:
+    """Cut ``m`` outputs into about ``m / size`` blocks; fewer than 4 blocks: one."""
+    nb = round(m / size)
+    if nb < 4:
+        return [(0, m)]
+    edges = [round(i * m / nb) for i in range(nb + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def _banded_last(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """'valid' filtering of the last axis of (N, W) by ``g``, block by block."""
+    k = g.numel()
+    parts = [x[:, s : e + k - 1] @ _band(e - s + k - 1, g).T for s, e in _blocks(x.shape[-1] - k + 1)]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+
+
+def _banded_rows(y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """'valid' filtering of axis 1 of (B, H, W) by ``g``, block by block."""
+    k = g.numel()
+    parts = [_band(e - s + k - 1, g) @ y[:, s : e + k - 1] for s, e in _blocks(y.shape[1] - k + 1)]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+
+
 def _separable_valid(x: torch.Tensor, g: torch.Tensor, step: int = 1) -> torch.Tensor:
     """'valid' filtering of (B, H, W) by the separable window outer(g, g), keeping every
     ``step``-th output row and column (both image sides >= k)."""
@@ -173,10 +196,15 @@ def _separable_valid(x: torch.Tensor, g: torch.Tensor, step: int = 1) -> torch.T
         gv, gh = g.reshape(1, 1, k, 1), g.reshape(1, 1, 1, k)
         return F.conv2d(F.conv2d(x[:, None], gv), gh)[:, 0, ::step, ::step]
     if k >= 13:
-        # long windows: two banded matrix products, the one over the contiguous last axis first
-        # (one large GEMM); for 8 images of 256x256 and 17 taps 4.0 ms against 6.7 ms for
-        # shifted views
-        return _band(h, g, step) @ (x @ _band(w, g, step).T)
+        # long windows: banded matrix products, the one over the contiguous last axis first.
+        # A band is mostly zeros, so each axis is cut into blocks of ~40 outputs that read only
+        # their k - 1 + 40 inputs (for 8 images of 256x256 and 17 taps: 2.5 ms against 4.7 ms
+        # for one product per axis and 6.7 ms for shifted views; 480x640: 16 against 46 ms)
+        if step != 1:
+            return _band(h, g, step) @ (x @ _band(w, g, step).T)
+        b = x.shape[0]
+        y = _banded_last(x.reshape(b * h, w), g).view(b, h, w - k + 1)
+        return _banded_rows(y, g)
     # short windows: a weighted sum of shifted (strided) views over the whole batch (float64
     # conv2d has no fast CPU kernel: 8 images of 256x256 and 17 taps took 112 ms batched)
     taps = g.tolist()

@@ -228,3 +228,20 @@ def test_ssim_exact_float32_sums_for_8bit_images():
     torch.testing.assert_close(fast, plain, rtol=1e-12, atol=0)
     torch.testing.assert_close(ssim(f, a, b), plain, rtol=1e-12, atol=0)
     torch.testing.assert_close(ssim(f + 0.25, a, b), _ssim_sum(f + 0.25, a, b, 2.0, exact_sums=False), rtol=0, atol=0)
+
+
+def test_banded_gaussian_blocks_cover_every_output():
+    """VIF's 17-tap window filters long axes block by block; the blocks tile the output exactly."""
+    import torch.nn.functional as F
+
+    from monai_emma.metrics.functional import _blocks, _filter_valid, _gauss_1d
+
+    assert _blocks(100) == [(0, 100)]  # short axes: one product
+    for m in (160, 224, 241, 624):
+        blocks = _blocks(m)
+        assert len(blocks) >= 4 and blocks[0][0] == 0 and blocks[-1][1] == m
+        assert all(e0 == s1 for (_, e0), (s1, _) in zip(blocks, blocks[1:]))
+    g = _gauss_1d(17, "cpu")
+    x = torch.rand(2, 257, 190, dtype=torch.float64) * 255  # 241 x 174 outputs: blocks on both axes
+    expected = F.conv2d(x[:, None], torch.outer(g, g)[None, None])[:, 0]
+    torch.testing.assert_close(_filter_valid(x, g), expected, rtol=0, atol=1e-9)
