@@ -35,7 +35,7 @@ TINY = ["--override", "sensor_samples_per_epoch=32", "--override", "fuser_sample
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster():
     # Ray's socket paths must stay short: a short folder under /tmp, not pytest's deep tmp path
     import tempfile
 
@@ -81,11 +81,9 @@ def _runs(client, name: str):
     return client.search_runs([exp.experiment_id], f"tags.`emma.pipeline` = '{name}'")
 
 
-def _assert_job(cluster: LoopbackCluster, job_id: str, timeout: float) -> float:
-    t = time.monotonic()
+def _assert_job(cluster: LoopbackCluster, job_id: str, timeout: float) -> None:
     status = cluster.wait_for_job(job_id, timeout)
     assert status == "SUCCEEDED", f"job {job_id}: {status}\n{cluster.job_logs(job_id)[-6000:]}"
-    return time.monotonic() - t
 
 
 def _fuse_like_checkpoint(client, model_uri: str, weights: Path) -> None:

@@ -89,11 +89,16 @@ def average_gradient(f: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- pair metrics
+def _is_8bit(x: torch.Tensor) -> bool:
+    """All values are integers in [0, 255]."""
+    return bool(((x >= 0) & (x <= 255) & (x == x.round())).all())
+
+
 def _labels(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Integer labels of the distinct values of ``x`` and their count. 8-bit-valued images use
     their values directly (MI does not depend on how labels are numbered; empty bins drop out)."""
     flat = x.flatten()
-    if bool(((flat >= 0) & (flat <= 255) & (flat == flat.round())).all()):
+    if _is_8bit(flat):
         return flat.to(torch.int64), 256
     _, inverse = torch.unique(flat, return_inverse=True)
     return inverse, int(inverse.max()) + 1
@@ -349,11 +354,6 @@ def qabf(f, a, b) -> torch.Tensor:
     aa, ab, af = ang[:n], ang[n : 2 * n], ang[2 * n :]
     qaf, qbf = _qabf_edge(ga, aa, gf, af), _qabf_edge(gb, ab, gf, af)
     return (qaf * ga + qbf * gb).sum((1, 2)) / (ga + gb).sum((1, 2))
-
-
-def _is_8bit(x: torch.Tensor) -> bool:
-    """All values are integers in [0, 255]."""
-    return bool(((x >= 0) & (x <= 255) & (x == x.round())).all())
 
 
 def _symmetric_border_(buf: torch.Tensor, p: int) -> torch.Tensor:

@@ -174,22 +174,34 @@ def _channel_layer_norm(
     return y.permute(0, 3, 1, 2)
 
 
-def _channel_layer_norm_fast(
-    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
-) -> torch.Tensor:
-    """Channel layer norm for channels-last tensors on the inference path.
+def _channel_norm_parts(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The centred pixels (B*H*W, C) and their reciprocal standard deviations (B*H*W, 1) of a
+    channels-last ``x`` with up to 16 channels; ``None`` for other tensors.
 
     ``F.layer_norm`` reduces each pixel's few channels with a slow scalar loop; for up to 16
     channels two matrix-vector products (mean, then variance of the centred values) are faster.
     Same two-pass formula, so the result matches to float rounding.
     """
-    b, c, h, w = x.shape
+    c = x.shape[1]
     if c > 16 or not x.is_contiguous(memory_format=torch.channels_last):
-        return _channel_layer_norm(x, weight, bias, eps)
+        return None
     t = x.permute(0, 2, 3, 1).reshape(-1, c)
     avg = torch.full((c, 1), 1.0 / c, dtype=x.dtype, device=x.device)
     cen = t - t @ avg
-    y = cen.mul_(((cen * cen) @ avg).add_(eps).rsqrt_())
+    return cen, ((cen * cen) @ avg).add_(eps).rsqrt_()
+
+
+def _channel_layer_norm_fast(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+) -> torch.Tensor:
+    """Channel layer norm for channels-last tensors on the inference path (see
+    :func:`_channel_norm_parts`)."""
+    parts = _channel_norm_parts(x, eps)
+    if parts is None:
+        return _channel_layer_norm(x, weight, bias, eps)
+    b, c, h, w = x.shape
+    cen, scale = parts
+    y = cen.mul_(scale)
     if weight is not None:
         y = torch.addcmul(bias, y, weight) if bias is not None else y.mul_(weight)
     return y.reshape(b, h, w, c).permute(0, 3, 1, 2)
@@ -197,13 +209,11 @@ def _channel_layer_norm_fast(
 
 def _normalise_into_padded(x: torch.Tensor, eps: float, workspace: Workspace | None = None) -> torch.Tensor:
     """Affine-free channel layer norm of ``x`` written into a reflect-padded channels-last buffer."""
-    b, c, h, w = x.shape
-    if c > 16 or not x.is_contiguous(memory_format=torch.channels_last):
+    parts = _channel_norm_parts(x, eps)
+    if parts is None:
         return reflect_pad_cat(_channel_layer_norm(x, None, None, eps), workspace=workspace, role="ffn_in")
-    t = x.permute(0, 2, 3, 1).reshape(-1, c)
-    avg = torch.full((c, 1), 1.0 / c, dtype=x.dtype, device=x.device)
-    cen = t - t @ avg
-    scale = ((cen * cen) @ avg).add_(eps).rsqrt_()
+    b, c, h, w = x.shape
+    cen, scale = parts
     out, inner = padded_buffer(x, c, workspace, "ffn_in")
     torch.mul(cen.view(b, h, w, c), scale.view(b, h, w, 1), out=inner.permute(0, 2, 3, 1))
     return reflect_border_(out)
