@@ -31,6 +31,12 @@ def second_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def one_type_root(tmp_path_factory) -> Path:
+    """One pair type (MRI-CT) of 7 pairs: the default split leaves one validation slice."""
+    return write_phantom_dataset(tmp_path_factory.mktemp("one_type") / "ct7", n=7, modalities=("CT",))
+
+
+@pytest.fixture(scope="session")
 def harvard_root() -> Path:
     root = SHARED_DATA / "harvard"
     if not root.is_dir():

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 import torch
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "emma"
@@ -201,18 +202,25 @@ def test_two_stage_training_with_mlflow_and_resume(phantom_root, second_root, tm
     assert [row.split(",")[0] for row in history[1:]] == ["1.0", "2.0"]
 
 
-def test_multi_gpu_overlay_on_two_cpu_processes(phantom_root, tmp_path):
+def test_multi_gpu_overlay_on_two_cpu_processes(one_type_root, tmp_path):
+    """torchrun with two gloo ranks on one pair type of 7 pairs: a single validation slice."""
+    from monai_emma.data.pairs import find_pairs, split_pairs
+    from monai_emma.engines import recipe
+    from monai_emma.engines.stages import FUSER
+    from monai_emma.engines.two_stage import stage_validator
+    from monai_emma.networks import UFuser, load_sensor_bank
+
     run_dir = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     configs = f"['{CONFIGS / 'train_sensors.json'}','{CONFIGS / 'multi_gpu_train.json'}']"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run"]
-    cmd += ["--config_file", configs, "--dataset_dir", str(phantom_root), "--run_dir", str(run_dir)]
+    cmd += ["--config_file", configs, "--dataset_dir", str(one_type_root), "--run_dir", str(run_dir)]
     cmd += ["--epochs", "1", "--overrides", "{'sensor_samples_per_epoch': 32}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (run_dir / "models" / "sensors.pt").is_file()
     assert len(list((run_dir / "models" / "stage1_sensors").glob("sensors_checkpoint_epoch=*.pt"))) == 1
-    # stage 2 on both ranks: each validates its share of the slices, the fusion metrics are gathered
+    # stage 2 on both ranks: one rank scores the validation slice, the other a weight-0 copy
     configs = f"['{CONFIGS / 'train_fuser.json'}','{CONFIGS / 'multi_gpu_train.json'}']"
     small = "{'fuser_samples_per_epoch': 8, 'fuser_patch_size': 32, 'fuser_batch_size': 2}"
     cmd[cmd.index("--config_file") + 1] = configs
@@ -222,6 +230,17 @@ def test_multi_gpu_overlay_on_two_cpu_processes(phantom_root, tmp_path):
     header, row = (run_dir / "models" / "stage2_fuser" / "history_fuser.csv").read_text().splitlines()
     values = dict(zip(header.split(","), map(float, row.split(","))))
     assert values["val_loss"] > 0 and 0 < values["val_SSIM"] <= 2 and (run_dir / "models" / "model.pt").is_file()
+    # the scores equal one process validating the final weights on the same slice
+    _, val = split_pairs(find_pairs(one_type_root))
+    assert len(val) == 1
+    fuser = UFuser()
+    fuser.load_state_dict(torch.load(run_dir / "models" / "model.pt", weights_only=True))
+    sensors = load_sensor_bank(run_dir / "models" / "sensors.pt").freeze()
+    evaluator = stage_validator(FUSER, val, recipe("cpu"), torch.device("cpu"), fuser, sensors)
+    evaluator.run()
+    for key in ("val_loss", "val_MI", "val_VIF", "val_Qabf", "val_SSIM"):
+        metric = "val_loss" if key == "val_loss" else key[4:]
+        assert values[key] == pytest.approx(evaluator.state.metrics[metric], rel=1e-5), key
 
 
 def test_verify_net_in_out_and_pt2_export(tmp_path):

@@ -54,17 +54,18 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory, phantom_root):
-    """A folder 'both nodes see' (one machine: any local folder), with the data and Ray storage."""
+def shared(tmp_path_factory, phantom_root, one_type_root):
+    """A folder 'both nodes see' (one machine: any local folder), with the data and Ray storage:
+    ``data`` (MRI-CT and MRI-PET) and ``ct7`` (one pair type of 7 pairs, one validation slice)."""
     root = tmp_path_factory.mktemp("cluster_shared")
-    data = root / "data"
-    shutil.copytree(phantom_root, data)
+    shutil.copytree(phantom_root, root / "data")
+    shutil.copytree(one_type_root, root / "ct7")
     return root
 
 
-def _entrypoint(shared: Path, name: str, tracking_uri: str, *extra: str) -> list[str]:
+def _entrypoint(shared: Path, name: str, tracking_uri: str, *extra: str, data: str = "data") -> list[str]:
     return [
-        "python", "pipelines/train.py", "--data", str(shared / "data"),
+        "python", "pipelines/train.py", "--data", str(shared / data),
         "--num-workers", "2", "--resources-per-worker", '{"CPU": 1}',
         "--tracking-uri", tracking_uri, "--storage-path", str(shared / "ray"),
         "--run-root", str(shared / "runs"), "--name", name, *TINY, *extra,
@@ -168,13 +169,15 @@ def _wait_for(predicate, timeout: float, what: str, cluster: LoopbackCluster, jo
 
 
 def test_lost_node_during_stage_two_is_survived(cluster, shared):
+    """Two workers on one pair type of 7 pairs (one validation slice for two ranks); the second
+    node is lost during stage 2."""
     from mlflow import MlflowClient
 
     name, model = "lc-lost", "emma-ufuser-lost"
     epochs = 4
     submitted = time.time()
     args = ["--sensor-epochs", "1", "--fuser-epochs", str(epochs), "--max-failures", "3", "--model-name", model]
-    cluster.submit(REPO, _entrypoint(shared, name, cluster.tracking_uri, *args), name)
+    cluster.submit(REPO, _entrypoint(shared, name, cluster.tracking_uri, *args, data="ct7"), name)
     fuser_storage = shared / "ray" / f"{name}-fuser"
 
     # stage 2 has a registered checkpoint: kill every process of the second node. (A checkpoint
@@ -216,3 +219,5 @@ def test_lost_node_during_stage_two_is_survived(cluster, shared):
     fuser_run = next(r for r in runs if r.data.tags.get("emma.stage") == "fuser")
     history = client.get_metric_history(fuser_run.info.run_id, "train_total")
     assert {m.step for m in history} == set(range(1, epochs + 1))  # every epoch was logged
+    validation = client.get_metric_history(fuser_run.info.run_id, "val_VIF")
+    assert {m.step for m in validation} == set(range(1, epochs + 1)) and all(m.value > 0 for m in validation)

@@ -186,6 +186,13 @@ def split_pairs(
         n_val = int(round(val_fraction * len(group)))
         if val_fraction > 0 and len(group) >= 2:
             n_val = min(max(n_val, 1), len(group) - 1)
+        if n_val >= len(group):
+            folder = group[0].a.parent.parent  # <root>/<PAIR>
+            raise PairDataError(
+                f"{folder}: the split leaves no training pair for {name} ({len(group)} pair"
+                f"{'s' if len(group) > 1 else ''}, validation fraction {val_fraction}); "
+                "lower the validation fraction or add pairs"
+            )
         val_idx = set(order[:n_val].tolist())
         for i, p in enumerate(group):
             (val if i in val_idx else train).append(p)

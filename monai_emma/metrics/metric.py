@@ -46,11 +46,21 @@ class FusionMetric(CumulativeIterationMetric):
         x = x.detach().to(torch.float64) * self.scale
         return x.round().clamp(0, 255) if self.round_to_uint8 else x
 
-    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+    def per_item(self, y_pred: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The metrics of every item, without accumulating: ``{name: (B,) float64 tensor}``.
+
+        Args:
+            y_pred: fused images (B, 1, H, W) in [0, 1].
+            y: sources (B, 2, H, W) in [0, 1], channel 0 the anatomical image.
+        """
         if y is None or y.ndim != 4 or y.shape[1] != 2:
             raise ValueError("FusionMetric needs the sources as y of shape (B, 2, H, W)")
         f, a, b = self._prep(y_pred), self._prep(y[:, 0:1]), self._prep(y[:, 1:2])
         values = batch_fusion_metrics(f, a, b, self.metrics, self.ssim_data_range)
+        return {m: values[m] for m in self.metrics}
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+        values = self.per_item(y_pred, y)
         return torch.stack([values[m] for m in self.metrics], dim=1)  # (B, n_metrics)
 
     def aggregate(self, reduction: MetricReduction | str | None = None) -> dict[str, float]:  # type: ignore[override]

@@ -31,6 +31,15 @@ def test_split_is_reproducible_and_stratified(phantom_root):
     assert [p.id for p in split_pairs(pairs, 0.25, seed=0)[1]] == [p.id for p in val]
 
 
+def test_a_pair_type_with_one_pair_trains_and_a_split_without_training_pairs_is_refused(phantom_root):
+    ct = [p for p in find_pairs(phantom_root) if p.pair == "MRI_CT"]
+    pet = [p for p in find_pairs(phantom_root) if p.pair == "MRI_PET"]
+    train, val = split_pairs(ct[:1] + pet, 0.25, seed=0)
+    assert [p.id for p in train if p.pair == "MRI_CT"] == [ct[0].id] and {p.pair for p in val} == {"MRI_PET"}
+    with pytest.raises(PairDataError, match=r"MRI_CT: the split leaves no training pair for MRI_CT \(1 pair"):
+        split_pairs(ct[:1] + pet, 0.6, seed=0)
+
+
 def test_several_roots_are_labelled_and_split_independently(phantom_root, second_root, tmp_path):
     both = find_pairs([phantom_root, second_root])
     assert len(both) == 8 + 6
