@@ -243,12 +243,17 @@ def training_root(dataset_dir: str | list[str] | None, output_dir: str, pairs_pe
 
 
 def training_config(
-    recipe: str = "cpu", batch_size: int | None = None, seed: int | None = None, overrides: dict | None = None
+    recipe: str = "cpu",
+    batch_size: int | None = None,
+    seed: int | None = None,
+    overrides: dict | None = None,
+    precision: str | None = None,
 ):
-    """The :class:`~monai_emma.engines.TrainConfig` of a named recipe with overrides."""
+    """The :class:`~monai_emma.engines.TrainConfig` of a named recipe with overrides
+    (``precision``: ``"fp32"`` or ``"bf16"``)."""
     from monai_emma.engines import recipe as make_recipe
 
-    return make_recipe(recipe, batch_size=batch_size, seed=seed, **(overrides or {}))
+    return make_recipe(recipe, batch_size=batch_size, seed=seed, precision=precision, **(overrides or {}))
 
 
 def _is_main_rank() -> bool:

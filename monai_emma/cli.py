@@ -88,6 +88,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         fused_dir=args.fused_dir,
         stage1_rules=tuple(args.rules.split(",")) if args.rules else None,
         amp=args.amp or None,
+        precision=args.precision if args.precision != "fp32" else None,
     )
     try:
         for key, value in parse_overrides(args.override).items():
@@ -107,7 +108,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
         last = res.history[-1] if res.history else {}
         summary = ", ".join(f"{k}={v:.4f}" for k, v in last.items() if k.startswith(("train_total", "val_")))
         print(f"{stage}: {res.weights} ({res.seconds / 60:.1f} min) {summary}")
+        if res.timings.get("steps_count"):
+            print(f"  {_time_breakdown(res.timings)}")
     return 0
+
+
+def _time_breakdown(timings: dict[str, float]) -> str:
+    """``steps 80.1 s (87 x 0.921 s), data 0.4 s, validation 9.8 s, checkpoint 0.3 s``"""
+    n = int(timings["steps_count"])
+    parts = [f"steps {timings['steps']:.1f} s ({n} x {timings['steps'] / n:.3f} s)"]
+    parts += [f"{k} {timings[k]:.1f} s" for k in ("data", "validation", "checkpoint") if k in timings]
+    return ", ".join(parts)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -126,6 +137,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             grid_pairs=args.grid_pairs,
             device=args.device,
             mlflow_uri=args.mlflow_uri,
+            precision=args.precision,
         )
     except (PairDataError, ValueError, FileNotFoundError) as err:
         raise CLIError(str(err)) from err
@@ -168,7 +180,7 @@ def _cmd_fuse_folder(args: argparse.Namespace) -> int:
         report = FidelityReport(("vis" if modality == "ir" else "mri", modality))
         bank = default_sensors()
     net, _ = _load_model(args)
-    fuse = network_fuser(net, args.device, zero_empty=not args.no_zero_empty)
+    fuse = network_fuser(net, args.device, zero_empty=not args.no_zero_empty, precision=args.precision)
     out_dir.mkdir(parents=True, exist_ok=True)
     existing = [s for s in stems if (out_dir / f"{s}.png").exists()]
     if existing and not args.overwrite:
@@ -274,6 +286,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
                 progress=not args.quiet,
                 zero_empty=not args.no_zero_empty,
                 suv=args.suv,
+                precision=args.precision,
             )
         else:
             result = fuse_images(
@@ -285,6 +298,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
                 stretch=args.stretch,
                 resize=args.resize,
                 zero_empty=not args.no_zero_empty,
+                precision=args.precision,
             )
         style = None
         if args.overlay:
@@ -362,6 +376,16 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", help="MLflow tracking URI for --model-uri (default: MLFLOW_TRACKING_URI)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--no-zero-empty", action="store_true", help=ZERO_EMPTY_HELP)
+    _add_precision_option(p)
+
+
+def _add_precision_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="bf16: bfloat16 autocast, faster on CPUs with AMX/AVX-512-BF16 and recent GPUs (default fp32)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -416,6 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="any training setting, e.g. fuser_patch_size=96, fuser_schedule=cosine, prior_gradient_weight=4",
     )
     train.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    _add_precision_option(train)
     train.add_argument("--restart", action="store_true", help="ignore existing checkpoints in --output")
     train.set_defaults(func=_cmd_train)
 
@@ -433,6 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--mlflow-uri", help="also log the tables and grid to this MLflow tracking URI")
     ev.add_argument("--no-zero-empty", action="store_true", help=ZERO_EMPTY_HELP)
+    _add_precision_option(ev)
     ev.set_defaults(func=_cmd_evaluate)
 
     fu = sub.add_parser(

@@ -184,6 +184,7 @@ def evaluate(
     mlflow_uri: str | None = None,
     ids: Sequence[str] | None = None,
     zero_empty: bool = True,
+    precision: str = "fp32",
 ) -> EvaluationResult:
     """Fuse every pair under ``root`` with each method, score it, and write reports to ``output``.
 
@@ -198,6 +199,7 @@ def evaluate(
         mlflow_uri: log the summary and files to this MLflow tracking URI.
         ids: score only these pair ids (e.g. a run's validation pairs, :func:`split_ids`).
         zero_empty: EMMA's output is 0 where both sources are (as ``fuse-folder`` writes it).
+        precision: EMMA's inference precision, ``"fp32"`` or ``"bf16"``.
     """
     from tqdm.auto import tqdm
 
@@ -213,7 +215,7 @@ def evaluate(
             from monai_emma.model_source import resolve_fuser
 
             net, _ = resolve_fuser(weights=weights)
-        emma = network_fuser(net, device, zero_empty=zero_empty)
+        emma = network_fuser(net, device, zero_empty=zero_empty, precision=precision)
     from monai_emma.metrics import warm_up
 
     warm_up()
@@ -274,13 +276,17 @@ def evaluate(
 
 
 def _log_mlflow(result: EvaluationResult, uri: str, root, methods) -> None:
-    from monai_emma.extras import require
+    from monai_emma.extras import require, scoped_tracking_uri
 
     mlflow = require("mlflow", "logging the evaluation to MLflow")
 
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("emma-evaluate")
     roots = data_roots(root)
+    with scoped_tracking_uri(uri):
+        _log_evaluation(mlflow, result, roots, methods)
+
+
+def _log_evaluation(mlflow, result: EvaluationResult, roots: list[str], methods) -> None:
+    mlflow.set_experiment("emma-evaluate")
     with mlflow.start_run(run_name="evaluate " + "+".join(Path(r).name for r in roots)):
         mlflow.log_params({"root": ", ".join(roots), "methods": ",".join(methods)})
         for group, by_method in result.summary.items():

@@ -63,20 +63,24 @@ def to_8bit(fused: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def network_fuser(
-    net: torch.nn.Module, device: str | torch.device = "cpu", zero_empty: bool = True
+    net: torch.nn.Module, device: str | torch.device = "cpu", zero_empty: bool = True, precision: str = "fp32"
 ) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     """Wrap a U-Fuser as a ``fuse(Y_a, Y_b)`` callable (eval mode, inference mode, fast path).
 
     With ``zero_empty`` the result is 0 wherever both sources are
-    (:func:`~monai_emma.transforms.zero_where_empty`)."""
+    (:func:`~monai_emma.transforms.zero_where_empty`); ``precision`` is ``"fp32"`` or ``"bf16"``
+    (:mod:`monai_emma.precision`)."""
+    from monai_emma.precision import autocast, check_precision
     from monai_emma.transforms.empty import zero_where_empty
 
+    check_precision(precision)
     net = net.to(device).eval()
 
     def fuse(ya: np.ndarray, yb: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.stack([ya, yb]).astype(np.float32))[None].to(device)
         with torch.inference_mode():
-            out = net(x)
+            with autocast(precision, x.device):
+                out = net(x)
             if zero_empty:
                 out = zero_where_empty(out, x)
             return out[0, 0].float().cpu().numpy()

@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from monai.inferers import SliceInferer
 
+from monai_emma.precision import autocast, check_precision
+
 __all__ = ["FusionInferer"]
 
 
@@ -17,7 +19,8 @@ class FusionInferer(SliceInferer):
     Whole slices go through the network, ``sw_batch_size`` at a time (no tiling: the U-Fuser's
     channel attention is global, so tiles would change the result); MONAI's sliding-window
     machinery does the batching, the device placement and the progress bar. On CUDA, ``amp``
-    runs the network under ``torch.autocast`` (float16) and returns float32.
+    runs the network under ``torch.autocast`` (float16); ``precision="bf16"`` runs it under
+    bfloat16 autocast on any device (see :mod:`monai_emma.precision`). The output is float32.
 
     Args:
         spatial_dim: the slice axis of the (H, W, D) spatial dimensions (2 = the last).
@@ -26,6 +29,7 @@ class FusionInferer(SliceInferer):
         progress: show a progress bar over slice batches.
         sw_device: where the network runs (default: the input's device).
         device: where the output volume is assembled (default: the input's device).
+        precision: ``"fp32"`` or ``"bf16"``.
 
     Example:
         >>> net = UFuser().eval()  # doctest: +SKIP
@@ -42,6 +46,7 @@ class FusionInferer(SliceInferer):
         progress: bool = False,
         sw_device: torch.device | str | None = None,
         device: torch.device | str | None = None,
+        precision: str = "fp32",
     ) -> None:
         super().__init__(
             spatial_dim=spatial_dim,
@@ -54,6 +59,7 @@ class FusionInferer(SliceInferer):
             device=device,
         )
         self.amp = amp
+        self.precision = check_precision(precision)
 
     def __call__(
         self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any
@@ -63,5 +69,6 @@ class FusionInferer(SliceInferer):
         device = torch.device(self.sw_device) if self.sw_device is not None else inputs.device
         use_amp = self.amp and device.type == "cuda"
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-            out = super().__call__(inputs, network, *args, **kwargs)
+            with autocast(self.precision, device):
+                out = super().__call__(inputs, network, *args, **kwargs)
         return out.float() if isinstance(out, torch.Tensor) else out

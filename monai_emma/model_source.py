@@ -7,15 +7,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from monai_emma.errors import first_line
+from monai_emma.extras import scoped_tracking_uri
 
 __all__ = ["ModelSourceError", "resolve_fuser", "read_state_dict", "scoped_tracking_uri", "load_state_dict_file"]
 
@@ -80,31 +79,6 @@ def _from_bundle(bundle: Path, map_location) -> torch.nn.Module:
     if not model.is_file():
         raise ModelSourceError(f"{bundle}: not an EMMA bundle (no models/model.pt)")
     return _from_file(model, map_location)
-
-
-@contextlib.contextmanager
-def scoped_tracking_uri(tracking_uri: str | None) -> Iterator[None]:
-    """Use ``tracking_uri`` inside the block only. ``mlflow.set_tracking_uri`` also sets the
-    ``MLFLOW_TRACKING_URI`` variable, which later MLflow users in the process (MONAI's
-    ``MLFlowHandler`` among them) prefer over their own arguments; both are restored."""
-    from monai_emma.extras import require
-
-    mlflow = require("mlflow", "an MLflow tracking URI")
-
-    if not tracking_uri:
-        yield
-        return
-    previous_env = os.environ.get("MLFLOW_TRACKING_URI")
-    previous = mlflow.get_tracking_uri() if previous_env or mlflow.is_tracking_uri_set() else None
-    mlflow.set_tracking_uri(tracking_uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(previous)
-        if previous_env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = previous_env
 
 
 def _from_mlflow(uri: str, tracking_uri: str | None, map_location) -> torch.nn.Module:

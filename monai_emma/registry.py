@@ -116,15 +116,17 @@ def register_fuser(
     """
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri)
-    client = mlflow.MlflowClient(tracking_uri)
-    exp = experiment_id(client, experiment, local_artifact_location(tracking_uri))
-    tags = {"emma.role": "register", "emma.source": source}
-    run_id = client.create_run(exp, run_name=run_name, tags=tags).info.run_id
-    try:
-        uri, version, _ = log_and_register(client, run_id, fuser, sensors, model_name, alias)
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
-        raise
-    client.set_terminated(run_id, "FINISHED")
+    from monai_emma.extras import scoped_tracking_uri
+
+    with scoped_tracking_uri(tracking_uri):  # log_and_register logs through MLflow's fluent API
+        client = mlflow.MlflowClient(tracking_uri)
+        exp = experiment_id(client, experiment, local_artifact_location(tracking_uri))
+        tags = {"emma.role": "register", "emma.source": source}
+        run_id = client.create_run(exp, run_name=run_name, tags=tags).info.run_id
+        try:
+            uri, version, _ = log_and_register(client, run_id, fuser, sensors, model_name, alias)
+        except BaseException:
+            client.set_terminated(run_id, "FAILED")
+            raise
+        client.set_terminated(run_id, "FINISHED")
     return uri, version

@@ -41,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fuser-epochs", type=int)
     p.add_argument("--batch-size", type=int, help="per-worker batch size of both stages")
     p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        help="bf16: training steps under bfloat16 autocast (CPUs with AMX/AVX-512-BF16, recent GPUs); default fp32",
+    )
     p.add_argument("--run-root", default="emma-runs", help="embedded defaults live here (default: emma-runs)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local runtime)")
     p.add_argument("--model-name", default="emma-ufuser", help="registered model name (default: emma-ufuser)")
@@ -55,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from monai_emma.engines.config import parse_overrides
     from monai_emma.extras import MissingExtraError
     from monai_emma.pipeline import PipelineOptions, run_pipeline
+    from monai_emma.pipeline.driver import format_timings
 
     try:
         overrides = parse_overrides(args.override)
@@ -76,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fuser_epochs=args.fuser_epochs,
         batch_size=args.batch_size,
         seed=args.seed,
+        precision=args.precision,
         run_root=args.run_root,
         address=args.address,
         model_name=args.model_name,
@@ -91,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"sensors: {', '.join(f'emma-sensor-{m} v{v}' for m, v in result.sensor_versions.items())}")
     for stage, path in result.stage_checkpoints.items():
         print(f"{stage} checkpoint: {path}")
+    print(format_timings(result.timings))
     print(f"total {result.seconds / 60:.1f} min")
     return 0
 

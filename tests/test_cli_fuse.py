@@ -101,6 +101,11 @@ def test_png_pair_and_colour_rendering(phantom_root, weights, tmp_path):
     assert main(["fuse", str(a), str(b), "-o", str(out), "--weights", str(weights), "--colormap", "jet"]) == 0
     grey, colour = np.asarray(Image.open(out)), np.asarray(Image.open(tmp_path / "f_colour.png"))
     assert grey.dtype == np.uint8 and grey.ndim == 2 and colour.shape == (*grey.shape, 3)
+    # bfloat16: the same picture to a few grey levels
+    low = tmp_path / "bf16.png"
+    assert main(["fuse", str(a), str(b), "-o", str(low), "--weights", str(weights), "--precision", "bf16"]) == 0
+    diff = np.abs(np.asarray(Image.open(low)).astype(int) - grey.astype(int))
+    assert diff.max() <= 8 and diff.mean() < 1.0
 
 
 @pytest.mark.parametrize(

@@ -22,3 +22,14 @@ def test_fusion_inferer_equals_slice_by_slice():
 def test_fusion_inferer_rejects_wrong_shape():
     with pytest.raises(ValueError, match="expected a \\(B, 2, H, W, D\\) volume"):
         FusionInferer()(torch.rand(1, 3, 8, 8, 2), UFuser().eval())
+
+
+def test_fusion_inferer_bf16_precision():
+    torch.manual_seed(0)
+    net = UFuser().eval()
+    vol = torch.rand(1, 2, 32, 32, 3)
+    ref = FusionInferer(sw_batch_size=3)(vol, net)
+    low = FusionInferer(sw_batch_size=3, precision="bf16")(vol, net)
+    assert low.dtype == torch.float32 and 0 < (low - ref).abs().max() < 0.05
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        FusionInferer(precision="fp8")

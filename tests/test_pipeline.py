@@ -76,6 +76,17 @@ def test_two_workers_both_stages_failure_resume_register_and_rerun(ray_env, phan
         worker_handlers={"sensors": [_fail_once(marker, epoch=2)]},  # the last worker raises once
     )
     first = run_pipeline(opts)
+    # where the time went: every phase of the fit is accounted for
+    from monai_emma.pipeline.driver import STAGE_PHASES
+
+    stages = first.timings["stages"]
+    assert set(stages) == {"sensors", "fuser"}
+    fuser_times = stages["fuser"]
+    assert fuser_times["worker_start"] > 0 and fuser_times["steps"] > 0 and fuser_times["steps_count"] >= 1
+    accounted = sum(fuser_times.get(k, 0.0) for k in STAGE_PHASES)
+    assert accounted == pytest.approx(fuser_times["fit"], rel=0.1, abs=1.0), fuser_times
+    assert first.timings["driver"]["ray_init"] > 0 and first.timings["driver"]["registration"] > 0
+    assert json.loads((run_root / "t1" / "timings.json").read_text()) == first.timings
     attempts = _attempts(run_root / "t1-attempts.jsonl")
     sensors0 = [a["start_epoch"] for a in attempts if a["stage"] == "sensors" and a["rank"] == 0]
     assert sensors0 == [0, 1]  # restarted by Ray and resumed from the epoch-1 checkpoint, not from 0
@@ -95,6 +106,9 @@ def test_two_workers_both_stages_failure_resume_register_and_rerun(ray_env, phan
     assert fuser.data.params["recipe"] == "cpu" and fuser.data.params["workers"] == "2"
     assert "fused_validation.png" in [a.path for a in client.list_artifacts(fuser.info.run_id)]
     assert "bundle/configs" in [a.path for a in client.list_artifacts(parent, "bundle")]
+    parent_metrics = by_name["t1"].data.metrics
+    assert parent_metrics["time/fuser/steps"] == pytest.approx(fuser_times["steps"])
+    assert parent_metrics["time/total"] > 0
     history = client.get_metric_history(by_name["t1-sensors"].info.run_id, "train_total")
     assert sorted(m.step for m in history) == [1, 2]
     version = client.get_model_version_by_alias("emma-ufuser", "candidate")
@@ -152,7 +166,8 @@ def test_two_workers_both_stages_failure_resume_register_and_rerun(ray_env, phan
     assert by_name["t1"].data.params["data"] == ", ".join(roots)
 
 
-def test_two_node_cluster_one_worker_per_node(ray_env, phantom_root, tmp_path):
+def test_two_node_cluster_one_worker_per_node(ray_env, one_type_root, tmp_path):
+    """Two workers on two nodes, on one pair type of 7 pairs: a single validation slice."""
     import ray
     from ray.cluster_utils import Cluster
     from ray.train import RunConfig, ScalingConfig
@@ -170,7 +185,7 @@ def test_two_node_cluster_one_worker_per_node(ray_env, phantom_root, tmp_path):
         attempts = tmp_path / "attempts.jsonl"
         config = {
             "stage": "sensors",
-            "data": str(phantom_root),
+            "data": str(one_type_root),
             "train_config": recipe("cpu", sensor_epochs=1, **SMALL).to_dict(),
             "attempts_file": str(attempts),
         }
@@ -182,6 +197,7 @@ def test_two_node_cluster_one_worker_per_node(ray_env, phantom_root, tmp_path):
         )
         result = trainer.fit()
         assert result.checkpoint is not None and result.metrics["epoch"] == 1
+        assert result.metrics["val_loss"] > 0  # one slice, scored by one of the two ranks
         nodes = {a["rank"]: a["node"] for a in _attempts(attempts)}
         assert sorted(nodes) == [0, 1] and nodes[0] != nodes[1]  # one worker on each node
     finally:
@@ -194,6 +210,18 @@ def test_bad_data_is_refused_before_ray_starts(tmp_path, capsys):
 
     assert pipeline_main(["--data", str(tmp_path / "missing"), "--run-root", str(tmp_path / "r")]) == 2
     assert "missing: no such data folder" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_split_without_training_pairs_is_refused_before_ray_starts(tmp_path, capsys):
+    from pipelines.train import main as pipeline_main
+    from tests.conftest import write_phantom_dataset
+
+    root = write_phantom_dataset(tmp_path / "one", n=1, modalities=("CT",))
+    argv = ["--data", str(root), "--run-root", str(tmp_path / "r"), "--override", "val_fraction=0.6"]
+    assert pipeline_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{root / 'MRI_CT'}: the split leaves no training pair for MRI_CT" in err
     assert not (tmp_path / "r").exists()
 
 

@@ -57,9 +57,15 @@ class TrainConfig:
     seed: int = 0
     val_fraction: float = 0.2
     val_slices: int | None = 64  # validation slices scored per epoch (stratified subset); None: all
-    amp: bool = False
+    amp: bool = False  # float16 mixed precision with a gradient scaler, CUDA only
+    precision: str = "fp32"  # "bf16": the training step under bfloat16 autocast (CPU with AMX, GPUs)
     num_workers: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from monai_emma.precision import check_precision
+
+        check_precision(self.precision)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -19,6 +19,7 @@ from torch import nn
 from monai_emma.baselines import mix_rules
 from monai_emma.losses import EMMALoss
 from monai_emma.networks.sensor_bank import IDENTITY_SENSORS, SensorBank, route
+from monai_emma.precision import autocast
 from monai_emma.transforms.equivariance import TransformGroup
 
 __all__ = ["SensorStep", "FuserStep", "step_seed", "IDENTITY_SENSORS", "SensorBank", "route"]
@@ -36,6 +37,10 @@ def _labels(batch: Mapping, key: str, n: int) -> list[str]:
 
 
 def _autocast(engine: Any, device: torch.device):
+    """bfloat16 autocast for ``engine.precision == "bf16"``, float16 AMP for ``engine.amp`` on
+    CUDA, else nothing."""
+    if getattr(engine, "precision", "fp32") == "bf16":
+        return autocast("bf16", device)
     enabled = bool(getattr(engine, "amp", False)) and device.type == "cuda"
     return torch.autocast(device_type=device.type, enabled=enabled)
 
@@ -103,7 +108,10 @@ class FuserStep:
 
     ``f = F(a, b)``; loss ``ℓ(A_a(f), a) + ℓ(A_b(f), b) + α ℓ(f_t, F(A_a(f_t), A_b(f_t)))`` with
     ``f_t`` the transformation group applied to ``f``. Gradients reach F through ``f_t`` and
-    through the re-fused images; the sensors never receive gradients.
+    through the re-fused images; the sensors never receive gradients. The group's identity
+    element makes ``A(f)`` part of ``A(f_t)``, so each sensor runs once per step, on ``f_t``
+    (the official loop senses ``f`` a second time). Frozen sensors run their fast path (batch
+    norm folded, channels-last; see :class:`~monai_emma.networks.PseudoSensor`).
 
     Args:
         sensors: frozen :class:`SensorBank` (moved to the engine's device on first use).
@@ -119,15 +127,20 @@ class FuserStep:
         self.seed = seed
 
     def loss(self, fuser: nn.Module, a, b, mod_a: list[str], mod_b: list[str], iteration: int) -> dict:
+        n = a.shape[0]
         fused = fuser(torch.cat([a, b], 1))
-        sensed_a = self.sensors(fused, mod_a)
-        sensed_b = self.sensors(fused, mod_b)
         transformed = refused = None
         if self.loss_fn.alpha:
             self.group.set_random_state(seed=step_seed(self.seed, iteration))
             transformed = self.group(fused)
-            g = transformed.shape[0] // fused.shape[0]
-            refused = fuser(torch.cat([self.sensors(transformed, mod_a * g), self.sensors(transformed, mod_b * g)], 1))
+            g = transformed.shape[0] // n
+            group_a, group_b = self.sensors(transformed, mod_a * g), self.sensors(transformed, mod_b * g)
+            refused = fuser(torch.cat([group_a, group_b], 1))
+        if transformed is not None and self.group.include_identity:
+            # the group's first element is the identity: its sensed images are A(f) themselves
+            sensed_a, sensed_b = group_a[:n], group_b[:n]
+        else:
+            sensed_a, sensed_b = self.sensors(fused, mod_a), self.sensors(fused, mod_b)
         parts = self.loss_fn.components(sensed_a, a, sensed_b, b, transformed, refused, fused)
         parts["fused"] = fused
         return parts

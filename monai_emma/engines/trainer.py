@@ -28,13 +28,16 @@ from torch.utils.data import DataLoader, DistributedSampler
 from monai_emma.data.pairs import PairedPatchDataset
 from monai_emma.engines.config import StageConfig, TrainConfig
 from monai_emma.engines.stages import Stage, get_stage
+from monai_emma.engines.timing import PhaseTimer
 from monai_emma.io.atomic import atomic_path
+from monai_emma.precision import check_precision
 
 __all__ = [
     "EMMATrainer",
     "StageResult",
     "build_stage_trainer",
     "make_loader",
+    "ShardSampler",
     "latest_checkpoint",
     "save_state",
     "EpochEnd",
@@ -51,14 +54,16 @@ class StageResult:
     weights: Path
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)  # PhaseTimer.as_dict() of the run
 
 
 class EMMATrainer(Trainer):
     """A MONAI ``Trainer`` whose iteration is an EMMA step.
 
     The step (``step(engine, batch) -> dict``) computes the stage's losses, back-propagates and
-    steps ``engine.optimizer``; it reads ``engine.network``, ``engine.optimizer``, ``engine.amp``
-    and ``engine.scaler``. The output is one dict of scalar tensors (not decollated).
+    steps ``engine.optimizer``; it reads ``engine.network``, ``engine.optimizer``, ``engine.amp``,
+    ``engine.scaler`` and ``engine.precision``. The output is one dict of scalar tensors (not
+    decollated).
 
     Args:
         device: where the step runs.
@@ -69,6 +74,8 @@ class EMMATrainer(Trainer):
         step: the iteration (:class:`~monai_emma.engines.steps.SensorStep` or ``FuserStep``).
         amp: mixed precision on CUDA.
         inferer: how the step calls the network (``inferer(inputs, network)``; default: directly).
+        precision: ``"fp32"`` or ``"bf16"`` (the step under bfloat16 autocast; see
+            :mod:`monai_emma.precision`).
     """
 
     def __init__(
@@ -81,6 +88,7 @@ class EMMATrainer(Trainer):
         step: Callable[[Any, Any], dict],
         amp: bool = False,
         inferer: Callable | None = None,
+        precision: str = "fp32",
     ) -> None:
         super().__init__(
             device=device,
@@ -93,6 +101,8 @@ class EMMATrainer(Trainer):
         self.network = network
         self.optimizer = optimizer
         self.inferer = inferer
+        self.precision = check_precision(precision)
+        self.timings = PhaseTimer()  # see build_stage_trainer
 
 
 def save_state(state: dict, path: str | os.PathLike) -> Path:
@@ -115,6 +125,33 @@ def latest_checkpoint(folder: str | os.PathLike, prefix: str) -> Path | None:
     return best
 
 
+class ShardSampler(DistributedSampler):
+    """An epoch-seeded shuffle split between ranks that gives every rank at least ``min_per_rank``
+    samples (one full batch), however small the dataset.
+
+    With ``len(dataset) >= world_size * min_per_rank`` it is ``DistributedSampler(shuffle=True,
+    drop_last=True)``: the same indices in the same order. Otherwise the epoch's permutation is
+    repeated until every rank has ``min_per_rank`` samples, so a dataset with fewer batches than
+    ranks still trains (every rank runs the same number of steps, as DDP needs).
+    """
+
+    def __init__(self, dataset, num_replicas: int, rank: int, seed: int = 0, min_per_rank: int = 1) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        if len(dataset) == 0:
+            raise ValueError("no samples to train on")
+        if self.num_samples < min_per_rank:
+            self.num_samples = int(min_per_rank)
+            self.total_size = self.num_samples * self.num_replicas
+
+    def __iter__(self):
+        g = torch.Generator()
+        g.manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.dataset), generator=g)
+        if self.total_size > len(order):
+            order = order.repeat(-(-self.total_size // len(order)))
+        return iter(order[: self.total_size][self.rank : self.total_size : self.num_replicas].tolist())
+
+
 def make_loader(
     dataset: PairedPatchDataset,
     batch_size: int,
@@ -123,11 +160,9 @@ def make_loader(
     rank: int = 0,
     world_size: int = 1,
 ) -> DataLoader:
-    """Shuffled, epoch-seeded loader; with ``world_size > 1`` every rank gets its own shard."""
-    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
-    per_rank = len(dataset) // world_size
-    if per_rank < batch_size:
-        raise ValueError(f"{per_rank} samples per rank cannot fill a batch of {batch_size}")
+    """Shuffled, epoch-seeded loader; with ``world_size > 1`` every rank gets its own shard
+    (:class:`ShardSampler`: at least one full batch per rank)."""
+    sampler = ShardSampler(dataset, num_replicas=world_size, rank=rank, seed=seed, min_per_rank=batch_size)
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=True, pin_memory=False
     )
@@ -269,6 +304,7 @@ def build_stage_trainer(
     final_file: str | None = None,
     inferer: Callable | None = None,
     val_interval: int = 1,
+    timer: PhaseTimer | None = None,
 ):
     """An :class:`EMMATrainer` running ``step`` for ``stage_cfg.epochs`` epochs.
 
@@ -284,6 +320,11 @@ def build_stage_trainer(
     ``engine.state.metrics``; an ``MLFlowHandler`` without ``experiment_param`` gets the run's
     configuration as parameters. With ``final_file``, the main rank saves the exported network
     there when training completes.
+
+    ``trainer.timings`` (``timer`` when given, else a new
+    :class:`~monai_emma.engines.timing.PhaseTimer`) adds up the seconds of batch loading
+    (``data``), optimisation steps (``steps``), checkpoints and best-model saving (``checkpoint``)
+    and validation (``validation``).
 
     Returns:
         (trainer, epoch_end): run with ``trainer.run()``; ``epoch_end.history`` holds the rows.
@@ -301,9 +342,14 @@ def build_stage_trainer(
     params = [p for p in network.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=stage_cfg.lr)
     scheduler = _scheduler(optimizer, stage_cfg)
+    amp = config.amp and device.type == "cuda"
     trainer = EMMATrainer(
-        device, stage_cfg.epochs, loader, network, optimizer, step, config.amp and device.type == "cuda", inferer
+        device, stage_cfg.epochs, loader, network, optimizer, step, amp, inferer, precision=config.precision
     )
+    from ignite.engine import Events
+
+    timer = trainer.timings = timer if timer is not None else trainer.timings
+    timer.attach(trainer)
     LrScheduleHandler(scheduler, print_lr=False, epoch_level=True).attach(trainer)
     save_dict = {"network": network, "optimizer": optimizer, "lr_scheduler": scheduler, "trainer": trainer}
     latest = latest_checkpoint(out_dir, stage.checkpoint_prefix) if resume else None
@@ -311,17 +357,20 @@ def build_stage_trainer(
         CheckpointLoader(str(latest), save_dict, map_location=device).attach(trainer)
         logger.info("resuming %s from %s", stage.name, latest)
     # every rank builds the saver (ignite synchronises ranks while constructing it); rank 0 writes
-    CheckpointSaver(
+    saver = CheckpointSaver(
         str(out_dir), save_dict, file_prefix=stage.checkpoint_prefix, save_interval=1, n_saved=1, epoch_level=True
-    ).attach(trainer)
+    )
+    with timer.around(trainer, Events.EPOCH_COMPLETED, "checkpoint"):
+        saver.attach(trainer)
     export = export or (lambda net: net.state_dict())
-    # with several ranks each validates its share of the slices (the evaluator's sampler)
+    # with several ranks each validates its share of the slices (see engines.validation)
     if validator is not None:
-        ValidationHandler(interval=val_interval, validator=validator, epoch_level=True).attach(trainer)
+        with timer.around(trainer, Events.EPOCH_COMPLETED, "validation"):
+            ValidationHandler(interval=val_interval, validator=validator, epoch_level=True).attach(trainer)
     epoch_end = EpochEnd(stage, out_dir, validator, export, is_main=is_main)
-    epoch_end.attach(trainer)
+    with timer.around(trainer, Events.EPOCH_COMPLETED, "checkpoint"):  # best weights and history
+        epoch_end.attach(trainer)
     if final_file is not None and is_main:
-        from ignite.engine import Events
 
         def save_final(engine: Any) -> None:
             net = engine.network.module if hasattr(engine.network, "module") else engine.network

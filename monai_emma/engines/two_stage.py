@@ -209,7 +209,9 @@ def _run(stage: Stage, out_dir: str | os.PathLike, prepared) -> StageResult:
     t0 = time.perf_counter()
     trainer, epoch_end = prepared
     trainer.run()
-    return StageResult(stage.name, Path(out_dir) / stage.weights_file, epoch_end.history, time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    weights = Path(out_dir) / stage.weights_file
+    return StageResult(stage.name, weights, epoch_end.history, seconds, trainer.timings.as_dict())
 
 
 def train_sensors(

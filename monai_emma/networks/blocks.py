@@ -33,6 +33,7 @@ __all__ = [
     "padded_buffer",
     "reflect_border_",
     "reflect_pad_cat",
+    "autocast_dtype",
 ]
 
 
@@ -42,6 +43,14 @@ def reflect_conv(in_channels: int, out_channels: int, stride: int = 1, bias: boo
 
 
 _SMALL_MAP = 64 * 64
+
+
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype ``torch.autocast`` casts to on ``device_type`` now, or None when it is off
+    (the inference paths then run in the input's dtype)."""
+    if device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
 
 
 class Workspace:
@@ -79,7 +88,7 @@ class Workspace:
         buffers = getattr(self._local, "buffers", None)
         if buffers is None:
             buffers = self._local.buffers = {}
-        key = (role, shape)
+        key = (role, shape, like.dtype, like.device)  # a pass may mix dtypes (autocast): never share
         buf = buffers.get(key)
         if buf is None:
             buf = torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=torch.channels_last)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from monai.networks.layers.utils import get_act_layer
 from torch import nn
 
-from monai_emma.networks.blocks import RestormerCNNBlock, Workspace, reflect_conv, reflect_pad_cat
+from monai_emma.networks.blocks import RestormerCNNBlock, Workspace, autocast_dtype, reflect_conv, reflect_pad_cat
 from monai_emma.networks.official import load_official_state_dict, ufuser_key_from_official
 
 __all__ = ["UFuser", "ufuser", "SupportsStateDict"]
@@ -43,6 +44,12 @@ class UFuser(nn.Module):
     attributes, never part of ``state_dict()``, and are rebuilt automatically whenever any
     parameter changes (loading, optimiser steps). The output equals the plain path to float
     rounding (< 1e-5).
+
+    Under ``torch.autocast`` (e.g. ``monai_emma.precision.autocast("bf16", "cpu")``) the
+    inference path runs entirely in the autocast dtype: a copy of the network in that dtype,
+    whose merged weights are computed in float32 and then rounded, kept like the merged weights
+    and rebuilt when a parameter changes. The output comes back in the input's dtype. Training
+    and gradient-enabled calls use the plain path, which autocast handles op by op.
 
     Args:
         spatial_dims: must be 2 (slice-wise fusion).
@@ -116,6 +123,7 @@ class UFuser(nn.Module):
         self._fast_key: tuple | None = None
         self._fast_weights: list[Any] | None = None
         self._workspace = Workspace()
+        self._low_precision_copies: dict[torch.dtype, tuple[tuple, UFuser]] = {}
 
     # ------------------------------------------------------------------ construction helpers
     @classmethod
@@ -144,6 +152,9 @@ class UFuser(nn.Module):
         x, crop = self._pad(x)
         if self.training or torch.is_grad_enabled():
             out = self._forward_plain(x)
+        elif (dtype := autocast_dtype(x.device.type)) is not None and dtype != x.dtype:
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                out = self._low_precision(dtype)._forward_fast(x.to(dtype)).to(x.dtype)
         else:
             out = self._forward_fast(x)
         if crop is not None:
@@ -167,6 +178,8 @@ class UFuser(nn.Module):
 
     def _forward_plain(self, x: torch.Tensor) -> torch.Tensor:
         levels = len(self.features)
+        if x.device.type == "cpu":  # oneDNN's channels-last convolutions: ~15% faster training on CPU
+            x = x.contiguous(memory_format=torch.channels_last)
         a, b = x[:, 0:1], x[:, 1:2]
         fused = []
         for i in range(levels):
@@ -215,15 +228,52 @@ class UFuser(nn.Module):
         out = F.conv2d(reflect_pad_cat(out, workspace=ws, role="head"), self.head.weight, self.head.bias)
         return self.out_act(out).contiguous()
 
+    def _low_precision(self, dtype: torch.dtype) -> UFuser:
+        """This network in ``dtype`` for the inference path under autocast: its merged weights
+        are computed in this network's precision and rounded once; rebuilt when a parameter
+        changes."""
+        key = self._param_key()
+        cached = self._low_precision_copies.get(dtype)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        merged = self._merged()
+        with torch.inference_mode(False), torch.no_grad():
+            low = copy.deepcopy(self).to(dtype)  # the copy carries no merged weights or buffers
+            low._fast_weights = _cast_floats(merged, dtype)
+            low._fast_key = low._param_key()
+        self._low_precision_copies[dtype] = (key, low)
+        return low
+
     def release_workspace(self) -> None:
-        """Free the padded buffers the inference path keeps between calls (this thread's)."""
+        """Free the padded buffers the inference path keeps between calls (this thread's), and
+        the low-precision copies."""
         self._workspace.clear()
+        self._low_precision_copies = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # merged weights and low-precision copies are derived data: never pickled or deep-copied
+        state = dict(super().__getstate__())
+        state.update(_fast_weights=None, _fast_key=None, _low_precision_copies={})
+        return state
 
     def _apply(self, fn, recurse=True):  # noqa: ANN001 - torch signature
         # moving or casting the module invalidates the merged weights and the buffers
         self._fast_weights, self._fast_key = None, None
+        self._low_precision_copies = {}
         self._workspace.clear()
         return super()._apply(fn, recurse)
+
+
+def _cast_floats(value: Any, dtype: torch.dtype) -> Any:
+    """``value`` (tensors in lists and dicts) with floating-point tensors cast to ``dtype``,
+    keeping their memory format."""
+    if isinstance(value, torch.Tensor):
+        return value.to(dtype) if value.is_floating_point() else value
+    if isinstance(value, dict):
+        return {k: _cast_floats(v, dtype) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_cast_floats(v, dtype) for v in value)
+    return value
 
 
 def ufuser(weights: SupportsStateDict | None = None, **kwargs: Any) -> UFuser:

@@ -17,7 +17,16 @@ from monai_emma.engines.stages import FUSER, SENSORS, STAGES, RunLayout
 from monai_emma.pipeline.worker import quiet_env, ray_checkpoint_dir, train_loop_per_worker
 from monai_emma.registry import experiment_id, find_or_create_run, log_and_register
 
-__all__ = ["PipelineOptions", "PipelineResult", "run_pipeline", "local_defaults", "write_run_folder"]
+__all__ = [
+    "PipelineOptions",
+    "PipelineResult",
+    "run_pipeline",
+    "local_defaults",
+    "write_run_folder",
+    "stage_timings",
+    "format_timings",
+    "STAGE_PHASES",
+]
 
 logger = logging.getLogger("monai_emma.pipeline")
 
@@ -40,6 +49,7 @@ class PipelineOptions:
     fuser_epochs: int | None = None
     batch_size: int | None = None
     seed: int | None = None
+    precision: str | None = None  # "bf16": the training steps under bfloat16 autocast (default fp32)
     run_root: str = "emma-runs"
     experiment: str = "emma-pipeline"
     model_name: str = "emma-ufuser"
@@ -62,6 +72,7 @@ class PipelineOptions:
             fuser_epochs=self.fuser_epochs,
             batch_size=self.batch_size,
             seed=self.seed,
+            precision=self.precision,
             **self.overrides,
         )
         if cfg.sensor_preset == IDENTITY_SENSORS:
@@ -83,6 +94,8 @@ class PipelineResult:
     sensor_versions: dict[str, str]
     tracking_uri: str
     seconds: float
+    #: where the time went: ``{"driver": {phase: s}, "stages": {stage: stage_timings(...)}, "total": s}``
+    timings: dict[str, Any] = field(default_factory=dict)
 
 
 def local_defaults(run_root: str | os.PathLike) -> tuple[str, str, str]:
@@ -109,20 +122,25 @@ def run_pipeline(opts: PipelineOptions) -> PipelineResult:
     Rerunning with the same ``name`` and storage resumes: finished stages are skipped (their
     checkpoints are recorded on the parent MLflow run), an interrupted stage continues from its
     last checkpoint, and the MLflow runs are reused rather than duplicated.
+
+    Where the time went (:attr:`PipelineResult.timings`, see :func:`stage_timings`) is logged to
+    the parent run (``time/...`` metrics) and written to ``<run_root>/<name>/timings.json``.
     """
     quiet_env()
-    from monai_emma.extras import require
-
-    require("ray.train", "the Ray Train pipeline")
-    mlflow = require("mlflow", "the Ray Train pipeline")
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from monai_emma.data.pairs import data_roots, find_pairs
+    from monai_emma.engines.timing import PhaseTimer
+    from monai_emma.extras import require, scoped_tracking_uri
 
     t0 = time.perf_counter()
-    find_pairs(opts.data)  # fail early, with a clear message, before anything starts
-    cfg = opts.train_config()
+    timer = PhaseTimer()
+    with timer.phase("startup"):
+        require("ray.train", "the Ray Train pipeline")
+        require("mlflow", "the Ray Train pipeline")
+        from monai_emma.data.pairs import find_pairs, split_pairs
+
+        cfg = opts.train_config()
+        # fail early, with a clear message, before anything starts: missing data, or a split that
+        # leaves a pair type without training pairs
+        split_pairs(find_pairs(opts.data), cfg.val_fraction, cfg.seed)
     storage_default, uri_default, artifacts_default = local_defaults(opts.run_root)
     storage = opts.storage_path or storage_default
     if "://" not in storage:
@@ -130,16 +148,29 @@ def run_pipeline(opts: PipelineOptions) -> PipelineResult:
         Path(storage).mkdir(parents=True, exist_ok=True)
     tracking_uri = opts.tracking_uri or uri_default
     Path(opts.run_root).mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(tracking_uri)
-    client = mlflow.MlflowClient(tracking_uri)
-    exp_id = experiment_id(client, opts.experiment, artifacts_default if not opts.tracking_uri else None)
-    parent_id = find_or_create_run(client, exp_id, {"emma.pipeline": opts.name, "emma.role": "parent"}, opts.name)
-    if "data" not in client.get_run(parent_id).data.params:
-        client.log_param(parent_id, "data", ", ".join(data_roots(opts.data)))
-        client.log_param(parent_id, "recipe", cfg.recipe)
-    _init_ray(opts.address)
+    with scoped_tracking_uri(tracking_uri):  # the process-wide MLflow URI is restored afterwards
+        return _run_stages(opts, cfg, storage, tracking_uri, artifacts_default, timer, t0)
+
+
+def _run_stages(opts: PipelineOptions, cfg, storage: str, tracking_uri: str, artifacts_default: str, timer, t0):
+    import mlflow
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from monai_emma.data.pairs import data_roots
+
+    with timer.phase("mlflow_setup"):
+        client = mlflow.MlflowClient(tracking_uri)
+        exp_id = experiment_id(client, opts.experiment, artifacts_default if not opts.tracking_uri else None)
+        parent_id = find_or_create_run(client, exp_id, {"emma.pipeline": opts.name, "emma.role": "parent"}, opts.name)
+        if "data" not in client.get_run(parent_id).data.params:
+            client.log_param(parent_id, "data", ", ".join(data_roots(opts.data)))
+            client.log_param(parent_id, "recipe", cfg.recipe)
+    with timer.phase("ray_init"):
+        _init_ray(opts.address)
 
     checkpoints: dict[str, str] = {}
+    per_stage: dict[str, dict[str, float]] = {}
     for stage in STAGES:
         tag = f"emma.checkpoint.{stage.name}"
         done = client.get_run(parent_id).data.tags.get(tag)
@@ -147,13 +178,14 @@ def run_pipeline(opts: PipelineOptions) -> PipelineResult:
             logger.info("stage %s already finished: %s", stage.name, done)
             checkpoints[stage.name] = done
             continue
-        child_id = find_or_create_run(
-            client,
-            exp_id,
-            {"emma.pipeline": opts.name, "emma.role": "stage", "emma.stage": stage.name},
-            f"{opts.name}-{stage.name}",
-            parent=parent_id,
-        )
+        with timer.phase("mlflow_setup"):
+            child_id = find_or_create_run(
+                client,
+                exp_id,
+                {"emma.pipeline": opts.name, "emma.role": "stage", "emma.stage": stage.name},
+                f"{opts.name}-{stage.name}",
+                parent=parent_id,
+            )
         loop_config = {
             "stage": stage.name,
             "data": [r if "://" in r else str(Path(r).resolve()) for r in data_roots(opts.data)],
@@ -177,9 +209,12 @@ def run_pipeline(opts: PipelineOptions) -> PipelineResult:
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
             ),
         )
+        fit_started = time.time()
         result = trainer.fit()
+        fit_ended = time.time()
         if result.checkpoint is None:
             raise RuntimeError(f"stage {stage.name} finished without a checkpoint")
+        per_stage[stage.name] = stage_timings(result.metrics, fit_started, fit_ended)
         checkpoints[stage.name] = result.checkpoint.path
         client.set_tag(parent_id, tag, checkpoints[stage.name])
         client.set_terminated(child_id, "FINISHED")
@@ -188,18 +223,112 @@ def run_pipeline(opts: PipelineOptions) -> PipelineResult:
         model_uri, version = tags["emma.model_uri"], tags["emma.model_version"]
         sensor_versions = json.loads(tags.get("emma.sensor_versions", "{}"))
     else:
-        fuser, sensors = _trained_networks(checkpoints)
-        model_uri, version, sensor_versions = log_and_register(
-            client, parent_id, fuser, sensors, opts.model_name, opts.alias
-        )
-        client.set_tag(parent_id, "emma.model_version", version)
-        client.set_tag(parent_id, "emma.sensor_versions", json.dumps(sensor_versions))
-        client.set_tag(parent_id, "emma.model_uri", model_uri)
-    write_run_folder(opts.run_root, opts.name, opts.data, cfg, checkpoints)
+        with timer.phase("registration"):
+            fuser, sensors = _trained_networks(checkpoints)
+            model_uri, version, sensor_versions = log_and_register(
+                client, parent_id, fuser, sensors, opts.model_name, opts.alias
+            )
+            client.set_tag(parent_id, "emma.model_version", version)
+            client.set_tag(parent_id, "emma.sensor_versions", json.dumps(sensor_versions))
+            client.set_tag(parent_id, "emma.model_uri", model_uri)
+    with timer.phase("run_folder"):
+        folder = write_run_folder(opts.run_root, opts.name, opts.data, cfg, checkpoints)
+    timings = {"driver": timer.as_dict(), "stages": per_stage, "total": round(time.perf_counter() - t0, 3)}
+    (folder / "timings.json").write_text(json.dumps(timings, indent=1))
+    _log_timings(client, parent_id, timings)
     client.set_terminated(parent_id, "FINISHED")
     return PipelineResult(
-        parent_id, checkpoints, model_uri, version, sensor_versions, tracking_uri, time.perf_counter() - t0
+        parent_id,
+        checkpoints,
+        model_uri,
+        version,
+        sensor_versions,
+        tracking_uri,
+        time.perf_counter() - t0,
+        timings,
     )
+
+
+#: the phases of a stage's fit, in the order they happen (see :func:`stage_timings`)
+STAGE_PHASES = (
+    "worker_start",
+    "setup",
+    "data",
+    "steps",
+    "validation",
+    "checkpoint",
+    "mlflow",
+    "report",
+    "shutdown",
+)
+
+
+def stage_timings(metrics: dict[str, Any], fit_started: float, fit_ended: float) -> dict[str, float]:
+    """Where a stage's ``fit()`` went, in seconds, from rank 0's last report (``time_*`` figures of
+    its :class:`~monai_emma.engines.timing.PhaseTimer`) and the driver's clock:
+
+    ``worker_start`` (``fit()`` called to the worker function running: placement, actors,
+    process group), ``setup`` (data, networks, restoring a checkpoint), ``data`` (batches),
+    ``steps`` (optimisation steps; ``steps_count``), ``validation``, ``checkpoint`` (engine
+    checkpoints, best weights, packing Ray's checkpoint), ``mlflow`` (starting the run, metrics,
+    the preview), ``report`` (``ray.train.report``: persisting the checkpoint, waiting for the
+    other ranks), ``shutdown`` (after the last report until ``fit()`` returns), ``fit`` (all), and
+    ``system_metrics_cpu`` (CPU seconds of MLflow's sampler thread, not wall time).
+    """
+    out = {"fit": round(fit_ended - fit_started, 3)}
+    if "time_worker_started_at" in metrics:
+        out["worker_start"] = round(metrics["time_worker_started_at"] - fit_started, 3)
+    if "time_report_at" in metrics:
+        out["shutdown"] = round(fit_ended - metrics["time_report_at"] - metrics.get("time_report", 0.0), 3)
+    for key, value in metrics.items():
+        if key.startswith("time_") and not key.endswith("_at"):
+            out[key[len("time_") :]] = value
+    return out
+
+
+_PHASE_LABELS = {
+    "worker_start": "worker-group start",
+    "setup": "setup (data, networks)",
+    "data": "batches",
+    "steps": "training steps",
+    "validation": "validation",
+    "checkpoint": "checkpoints",
+    "mlflow": "MLflow (run, metrics, preview)",
+    "report": "Ray report",
+    "shutdown": "shutdown",
+    "fit": "fit() in all",
+}
+
+
+def format_timings(timings: dict[str, Any]) -> str:
+    """A small table of :attr:`PipelineResult.timings` for the terminal."""
+    stages = timings.get("stages", {})
+    lines = []
+    if stages:
+        names = list(stages)
+        lines.append(f"{'seconds':<32}" + "".join(f"{n:>10}" for n in names))
+        for key in (*STAGE_PHASES, "fit"):
+            if any(key in stages[n] for n in names):
+                cells = "".join(f"{stages[n].get(key, float('nan')):>10.1f}" for n in names)
+                lines.append(f"  {_PHASE_LABELS[key]:<30}{cells}")
+        counts = [int(stages[n].get("steps_count", 0)) for n in names]
+        per_step = "".join(f"{stages[n]['steps'] / c:>10.3f}" if c else f"{'-':>10}" for n, c in zip(names, counts))
+        lines.append(f"  {'seconds per step':<30}{per_step}")
+    driver = timings.get("driver", {})
+    parts = [f"{k.replace('_', ' ')} {v:.1f}" for k, v in driver.items() if not k.endswith("_count")]
+    lines.append(f"driver: {', '.join(parts)}; total {timings.get('total', float('nan')):.1f} s")
+    return "\n".join(lines)
+
+
+def _log_timings(client, run_id: str, timings: dict[str, Any]) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    values = {f"time/{k}": v for k, v in timings["driver"].items()}
+    values["time/total"] = timings["total"]
+    for stage, phases in timings["stages"].items():
+        values.update({f"time/{stage}/{k}": v for k, v in phases.items()})
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in values.items()])
 
 
 def _trained_networks(checkpoints: dict[str, str]):

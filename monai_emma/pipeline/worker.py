@@ -37,12 +37,16 @@ def ray_checkpoint_dir(path: str):
 class _RayEpochReport:
     """Per-epoch hand-off to Ray and MLflow (attached after the engine's checkpoint and bookkeeping).
 
-    Rank 0 packs the epoch checkpoint, history and current weights into a Ray checkpoint and logs
-    ``engine.state.metrics`` to MLflow; every rank calls ``ray.train.report`` once per epoch.
+    Rank 0 logs ``engine.state.metrics`` to MLflow, packs the epoch checkpoint, history and current
+    weights into a Ray checkpoint and, after the last epoch, ``at_end(engine)`` (the fused
+    preview); every rank calls ``ray.train.report`` once per epoch. Rank 0's reports carry the
+    worker's :class:`~monai_emma.engines.timing.PhaseTimer` figures (``time_<phase>``) for the
+    driver's breakdown.
     """
 
-    def __init__(self, stage: str, out_dir: Path, export, rank: int):
+    def __init__(self, stage: str, out_dir: Path, export, rank: int, timer, started_at: float, at_end=None):
         self.stage, self.out_dir, self.export, self.rank = get_stage(stage), out_dir, export, rank
+        self.timer, self.started_at, self.at_end = timer, started_at, at_end
 
     def attach(self, engine: Any) -> None:
         from ignite.engine import Events
@@ -58,19 +62,44 @@ class _RayEpochReport:
         metrics = {k: float(v) for k, v in engine.state.metrics.items() if isinstance(v, int | float)}
         metrics["epoch"] = epoch
         if self.rank != 0:
-            ray.train.report(metrics)
+            with self.timer.phase("report"):
+                ray.train.report(metrics)
             return
         import mlflow
 
-        if mlflow.active_run() is not None:
-            mlflow.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
+        with self.timer.phase("mlflow"):
+            if mlflow.active_run() is not None:
+                mlflow.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
+            if self.at_end is not None and epoch == engine.state.max_epochs:
+                self.at_end(engine)
         with tempfile.TemporaryDirectory(prefix="emma-ckpt-") as tmp:
-            for f in self.out_dir.iterdir():
-                if f.is_file() and f.suffix in (".pt", ".csv", ".json"):
-                    shutil.copy2(f, tmp)
-            net = engine.network.module if hasattr(engine.network, "module") else engine.network
-            save_state(self.export(net), Path(tmp) / self.stage.weights_file)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            with self.timer.phase("checkpoint"):
+                for f in self.out_dir.iterdir():
+                    if f.is_file() and f.suffix in (".pt", ".csv", ".json"):
+                        shutil.copy2(f, tmp)
+                net = engine.network.module if hasattr(engine.network, "module") else engine.network
+                save_state(self.export(net), Path(tmp) / self.stage.weights_file)
+            metrics.update({f"time_{k}": v for k, v in self.timer.as_dict().items()})
+            metrics["time_worker_started_at"] = self.started_at
+            metrics["time_report_at"] = time.time()
+            metrics["time_system_metrics_cpu"] = _thread_cpu_seconds("SystemMetricsMonitor")
+            with self.timer.phase("report"):
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def _thread_cpu_seconds(name: str) -> float:
+    """CPU seconds used so far by this process's thread called ``name`` (Linux; 0 elsewhere or
+    when there is none), e.g. MLflow's system-metrics sampler."""
+    import threading
+
+    for thread in threading.enumerate():
+        if thread.name == name and thread.native_id is not None:
+            try:
+                fields = Path(f"/proc/self/task/{thread.native_id}/stat").read_text().rsplit(")", 1)[1].split()
+                return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            except (OSError, ValueError, IndexError):
+                return 0.0
+    return 0.0
 
 
 def _restore(out_dir: Path) -> int:
@@ -111,22 +140,26 @@ def _fused_preview(fuser: torch.nn.Module, val_pairs, device: torch.device, path
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """One Ray Train worker of one stage: the package's engine under DDP, reporting every epoch."""
+    started_at = time.time()
     quiet_env()
     import ray.train
     import ray.train.torch
 
     from monai_emma.data.pairs import find_pairs, split_pairs
     from monai_emma.engines import TrainConfig, fuser_trainer, sensor_trainer
+    from monai_emma.engines.timing import PhaseTimer
     from monai_emma.networks.sensor_bank import load_sensor_bank, sensor_bank_state
 
+    timer = PhaseTimer()
     stage = get_stage(config["stage"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     cfg = TrainConfig.from_dict(config["train_config"])
-    train_pairs, val_pairs = split_pairs(find_pairs(config["data"]), cfg.val_fraction, cfg.seed)
-    out_dir = Path(tempfile.mkdtemp(prefix=f"emma-{stage.name}-rank{rank}-"))
-    start = _restore(out_dir)
+    with timer.phase("setup"):
+        train_pairs, val_pairs = split_pairs(find_pairs(config["data"]), cfg.val_fraction, cfg.seed)
+        out_dir = Path(tempfile.mkdtemp(prefix=f"emma-{stage.name}-rank{rank}-"))
+        start = _restore(out_dir)
     if config.get("attempts_file"):  # one line per rank and attempt: where it ran and resumed from
         import ray
 
@@ -138,9 +171,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     def wrap(net: torch.nn.Module, find_unused: bool) -> torch.nn.Module:
         return ray.train.torch.prepare_model(net, parallel_strategy_kwargs={"find_unused_parameters": find_unused})
 
+    def preview(engine: Any) -> None:  # rank 0, after the last stage-2 epoch
+        import mlflow
+
+        net = engine.network.module if hasattr(engine.network, "module") else engine.network
+        png = _fused_preview(net, val_pairs, device, out_dir / "fused_validation.png")
+        if png is not None and mlflow.active_run() is not None:
+            mlflow.log_artifact(str(png))
+
     export = sensor_bank_state if stage is SENSORS else (lambda net: net.state_dict())
+    at_end = preview if stage is FUSER else None
+    report = _RayEpochReport(stage, out_dir, export, rank, timer, started_at, at_end=at_end)
     # handlers the caller asked for (e.g. a test's failure injection), then the epoch report
-    handlers = [*config.get("worker_handlers", {}).get(stage.name, []), _RayEpochReport(stage, out_dir, export, rank)]
+    handlers = [*config.get("worker_handlers", {}).get(stage.name, []), report]
     kwargs = dict(
         resume=True,
         progress=False,
@@ -148,29 +191,29 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         world_size=world,
         distributed=wrap if world > 1 else False,
         extra_handlers=handlers,
+        timer=timer,
     )
-    if stage is SENSORS:
-        trainer, _ = sensor_trainer(train_pairs, val_pairs, cfg, out_dir, device, **kwargs)
-    else:
-        with ray_checkpoint_dir(config["sensors_checkpoint"]) as d:
-            sensors = load_sensor_bank(Path(d) / SENSORS.weights_file, map_location=device)
-        trainer, _ = fuser_trainer(train_pairs, val_pairs, sensors, cfg, out_dir, device, **kwargs)
+    with timer.phase("setup"):
+        if stage is SENSORS:
+            trainer, _ = sensor_trainer(train_pairs, val_pairs, cfg, out_dir, device, **kwargs)
+        else:
+            with ray_checkpoint_dir(config["sensors_checkpoint"]) as d:
+                sensors = load_sensor_bank(Path(d) / SENSORS.weights_file, map_location=device)
+            trainer, _ = fuser_trainer(train_pairs, val_pairs, sensors, cfg, out_dir, device, **kwargs)
 
     if rank != 0 or not config.get("mlflow_run_id"):
         trainer.run()
         return
     import mlflow
 
-    mlflow.set_tracking_uri(config["tracking_uri"])
-    with mlflow.start_run(run_id=config["mlflow_run_id"], log_system_metrics=True):
+    with timer.phase("mlflow"):
+        mlflow.set_tracking_uri(config["tracking_uri"])
+        run = mlflow.start_run(run_id=config["mlflow_run_id"], log_system_metrics=True)
+    with run:
         if start == 0:
-            mlflow.log_params({"workers": world, "device": str(device), **_flat(cfg.to_dict(), stage)})
+            with timer.phase("mlflow"):
+                mlflow.log_params({"workers": world, "device": str(device), **_flat(cfg.to_dict(), stage)})
         trainer.run()
-        if stage is FUSER:
-            net = trainer.network.module if hasattr(trainer.network, "module") else trainer.network
-            png = _fused_preview(net, val_pairs, device, out_dir / "fused_validation.png")
-            if png is not None:
-                mlflow.log_artifact(str(png))
 
 
 def _flat(cfg: dict[str, Any], stage: str) -> dict[str, Any]:

@@ -195,3 +195,80 @@ def test_prior_edge_weight_reaches_the_loss():
     plain = EMMALoss(alpha=0.0, prior_weight=1.0, prior_gradient_weight=0.0).components(a, a, b, b, fused=f)
     edges = EMMALoss(alpha=0.0, prior_weight=1.0, prior_gradient_weight=4.0).components(a, a, b, b, fused=f)
     assert edges["prior"] > plain["prior"] > 0
+
+
+def test_fuser_step_senses_once_and_equals_the_written_out_loss(phantom_root):
+    """The step senses f through the group's identity element; its loss and gradients equal
+    EMMA's loss written out with f sensed separately (as the official loop does)."""
+    from monai_emma.losses import FusionLoss
+
+    torch.manual_seed(0)
+    bank = SensorBank(["mri", "ct"], **TINY_SENSOR).freeze()
+    fuser = UFuser()
+    reference = copy.deepcopy(fuser)
+    group = TransformGroup(1, 1, 1)
+    step = FuserStep(bank, EMMALoss(0.1), group, seed=3)
+    a, b = torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32)
+    parts = step.loss(fuser, a, b, ["mri"] * 2, ["ct"] * 2, iteration=5)
+    parts["total"].backward()
+
+    ell = FusionLoss()
+    f = reference(torch.cat([a, b], 1))
+    group.set_random_state(seed=step_seed_of(step, 5))
+    ft = group(f)
+    g = ft.shape[0] // 2
+    refused = reference(torch.cat([bank(ft, ["mri"] * 2 * g), bank(ft, ["ct"] * 2 * g)], 1))
+    total = ell(bank(f, ["mri"] * 2), a) + ell(bank(f, ["ct"] * 2), b) + 0.1 * ell(refused, ft)
+    total.backward()
+    torch.testing.assert_close(parts["total"], total, atol=1e-6, rtol=1e-5)
+    for (name, p), q in zip(fuser.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def step_seed_of(step, iteration: int) -> int:
+    from monai_emma.engines.steps import step_seed
+
+    return step_seed(step.seed, iteration)
+
+
+def test_stage_timings_and_bf16_training(phantom_root, tmp_path):
+    from monai_emma.data.pairs import split_pairs
+    from monai_emma.engines.stages import get_stage
+    from monai_emma.engines.two_stage import stage_dataset
+
+    cfg = tiny_config(epochs=1, precision="bf16", sensor_samples_per_epoch=16)
+    results = run_training(phantom_root, tmp_path / "bf16", cfg, progress=False)
+    train_pairs, _ = split_pairs(find_pairs(phantom_root), cfg.val_fraction, cfg.seed)
+    for name in ("sensors", "fuser"):
+        stage = get_stage(name)
+        t = results[name].timings
+        batches = len(stage_dataset(train_pairs, cfg, stage)) // stage.settings(cfg).batch_size
+        assert t["steps_count"] == batches and t["data_count"] >= batches
+        assert t["steps"] > 0 and t["validation"] > 0 and t["checkpoint"] > 0
+        assert t["steps"] + t["validation"] + t["checkpoint"] <= results[name].seconds
+        assert torch.isfinite(torch.tensor(results[name].history[-1]["train_total"]))
+    with pytest.raises(ValueError, match="unknown precision"):
+        tiny_config(precision="fp8")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_step_runs_in_the_engine_precision(phantom_root, precision):
+    from monai.utils import CommonKeys
+
+    bank = SensorBank(["mri", "ct", "pet"], **TINY_SENSOR)
+    fuser = UFuser()
+    step = FuserStep(bank, EMMALoss(0.1), TransformGroup(1, 1, 1), seed=0)
+
+    class Engine:
+        pass
+
+    engine = Engine()
+    engine.network, engine.state, engine.precision = fuser, Engine(), precision
+    engine.state.device, engine.state.iteration = torch.device("cpu"), 1
+    engine.optimizer = torch.optim.Adam(fuser.parameters(), lr=1e-3)
+    ds = PairedPatchDataset(find_pairs(phantom_root), 32, 1, seed=0)
+    out = step(engine, torch.utils.data.default_collate([ds[0], ds[5]]))
+    assert out[CommonKeys.PRED].dtype == {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+    assert torch.isfinite(out["loss"]) and all(
+        p.grad is None or p.grad.dtype == torch.float32 for p in fuser.parameters()
+    )

@@ -60,3 +60,51 @@ def test_matches_official_unet5():
     x = torch.rand(2, 1, 64, 64)
     with torch.no_grad():
         assert (ours(x) - official(x)).abs().max() <= 1e-5
+
+
+def _perturbed_lite(seed: int = 0) -> PseudoSensor:
+    torch.manual_seed(seed)
+    net = PseudoSensor(preset="lite")
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.2)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+                m.weight.copy_(1 + torch.randn(m.weight.shape, generator=g) * 0.2)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.2)
+    return net.eval()
+
+
+def test_frozen_fast_path_equals_the_plain_path_with_input_gradients():
+    net = _perturbed_lite()
+    x = torch.rand(3, 1, 64, 48, requires_grad=True)
+    plain = net(x)  # eval, parameters still trainable: the plain path
+    (g_plain,) = torch.autograd.grad(plain.square().sum(), x)
+    net.requires_grad_(False)  # frozen, as in stage 2: batch norm folded, channels-last
+    fast = net(x)
+    (g_fast,) = torch.autograd.grad(fast.square().sum(), x)
+    assert net._folded is not None and fast.is_contiguous()
+    torch.testing.assert_close(fast, plain, atol=1e-6, rtol=0)
+    torch.testing.assert_close(g_fast, g_plain, atol=1e-6, rtol=1e-5)
+    # a changed statistic is folded again; training mode uses the plain path
+    with torch.no_grad():
+        net.encoder[0][0].adn.N.running_mean.add_(0.5)
+    moved = net(x)
+    assert (moved - fast).abs().max() > 1e-3
+    net.requires_grad_(True)
+    torch.testing.assert_close(net(x), moved, atol=1e-6, rtol=0)
+    net.requires_grad_(False).train()
+    assert not torch.equal(net(x), moved)  # batch statistics: the plain path
+
+
+def test_frozen_fast_path_under_bf16_autocast():
+    net = _perturbed_lite().requires_grad_(False)
+    x = torch.rand(2, 1, 32, 32, requires_grad=True)
+    ref = net(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = net(x)
+    low.float().sum().backward()
+    assert low.dtype == torch.bfloat16 and x.grad is not None and torch.isfinite(x.grad).all()
+    assert (low.float() - ref).abs().max() < 0.05
+    assert net(x).dtype == torch.float32  # back to float32 weights outside autocast

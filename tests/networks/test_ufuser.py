@@ -257,3 +257,39 @@ def test_matches_official_implementation(size, weights):
             assert expected.std() > 1e-3
         assert (ours(x) - expected).abs().max() <= 1e-5
         assert (ours._forward_plain(x) - expected).abs().max() <= 1e-5
+
+
+def test_precision_switches_in_one_process():
+    """fp32, then bf16 and fp16 autocast, then fp32 again, at one shape: every call works, the
+    output stays float32, the low-precision results stay close and fp32 is unchanged."""
+    import pickle
+
+    torch.manual_seed(0)
+    net = perturbed(UFuser()).eval()
+    x = torch.rand(2, 2, 64, 48)
+    with torch.inference_mode():
+        ref = net(x)
+        outs = {}
+        for dtype in (torch.bfloat16, torch.float16):
+            with torch.autocast("cpu", dtype=dtype):
+                outs[dtype] = net(x)
+        again = net(x)
+    assert all(o.dtype == torch.float32 for o in outs.values())
+    assert (outs[torch.bfloat16] - ref).abs().max() < 0.05
+    assert (outs[torch.float16] - ref).abs().max() < 0.01
+    assert 0 < (outs[torch.bfloat16] - ref).abs().max()  # really computed in bfloat16
+    torch.testing.assert_close(again, ref, atol=0, rtol=0)
+    assert set(net._low_precision_copies) == {torch.bfloat16, torch.float16}
+    # derived data is never pickled, and a weight change rebuilds the low-precision copy
+    assert not pickle.loads(pickle.dumps(net))._low_precision_copies
+    with torch.no_grad():
+        net.head.bias.add_(1.0)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        moved = net(x)
+    assert (moved - outs[torch.bfloat16]).abs().max() > 0.01
+    # with gradients, autocast runs the plain path op by op
+    net.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = net(x)
+    y.float().mean().backward()
+    assert net.head.bias.grad is not None
