@@ -194,12 +194,13 @@ def evaluate(
         methods: any of ``emma``, ``mean``, ``max``, ``laplacian``, ``wavelet``.
         weights: U-Fuser state dict for ``emma``, or a shipped set by name (default: the shipped default).
         output: folder for ``metrics.csv``, ``summary.json``, ``summary.md``, ``grid.png`` (None: no files).
-        grid_pairs: pairs shown in the comparison grid.
+        grid_pairs: pairs shown in the comparison grid (0: no grid).
         net: a U-Fuser to use instead of ``weights``.
         mlflow_uri: log the summary and files to this MLflow tracking URI.
         ids: score only these pair ids (e.g. a run's validation pairs, :func:`split_ids`).
         zero_empty: EMMA's output is 0 where both sources are (as ``fuse-folder`` writes it).
-        precision: EMMA's inference precision, ``"fp32"`` or ``"bf16"``.
+        precision: EMMA's inference precision, ``"fp32"`` (default: the reference scores), ``"bf16"``
+            or ``"auto"``.
     """
     from tqdm.auto import tqdm
 
@@ -265,11 +266,11 @@ def evaluate(
             )
         with atomic_path(out / "summary.md") as tmp:
             tmp.write_text(_markdown(result.summary, methods))
-        save_montage(grid_rows, out / "grid.png", titles=["A", "B", *methods])
-        result.files = {
-            k: out / v
-            for k, v in (("csv", "metrics.csv"), ("json", "summary.json"), ("md", "summary.md"), ("grid", "grid.png"))
-        }
+        names = {"csv": "metrics.csv", "json": "summary.json", "md": "summary.md"}
+        if grid_rows:  # --grid-pairs 0: no picture
+            save_montage(grid_rows, out / "grid.png", titles=["A", "B", *methods])
+            names["grid"] = "grid.png"
+        result.files = {k: out / v for k, v in names.items()}
     if mlflow_uri is not None:
         _log_mlflow(result, mlflow_uri, root, methods)
     return result

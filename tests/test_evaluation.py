@@ -41,6 +41,9 @@ def test_classical_rules_on_grey_sources():
 def test_cli_evaluate_and_errors(phantom_root, tmp_path, capsys):
     assert main(["evaluate", str(phantom_root), "--methods", "mean,laplacian", "--output", str(tmp_path / "e")]) == 0
     assert (tmp_path / "e" / "grid.png").exists()
+    out = tmp_path / "no-grid"
+    assert main(["evaluate", str(phantom_root), "--methods", "max", "--output", str(out), "--grid-pairs", "0"]) == 0
+    assert (out / "summary.json").is_file() and not (out / "grid.png").exists()
     assert main(["evaluate", str(phantom_root), "--methods", "median"]) == 2
     assert "unknown methods" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "nothing"), "--methods", "mean"]) == 2

@@ -169,7 +169,8 @@ def make_loader(
 
 
 class EpochEnd:
-    """Per-epoch bookkeeping after validation: training averages, best-model saving, history CSV.
+    """Per-epoch bookkeeping after validation: training averages (over every rank's steps),
+    best-model saving, history CSV.
 
     Args:
         stage: the :class:`~monai_emma.engines.stages.Stage` (file names).
@@ -234,9 +235,20 @@ class EpochEnd:
                 out[name if name.startswith("val_") else f"val_{name}"] = float(value)
         return out
 
+    def _training_means(self) -> dict[str, float]:
+        """The epoch's mean of every step output over all ranks (every rank runs this)."""
+        import ignite.distributed as idist
+
+        keys = sorted(self._sums)
+        totals = torch.tensor([self._sums[k] for k in keys] + [float(self._count)], dtype=torch.float64)
+        if idist.get_world_size() > 1:
+            totals = idist.all_reduce(totals)
+        count = max(float(totals[-1]), 1.0)
+        return {k: float(v) / count for k, v in zip(keys, totals[:-1])}
+
     def epoch_completed(self, engine: Any) -> None:
         row: dict[str, float] = {"epoch": float(engine.state.epoch)}
-        row.update({f"train_{k}": v / max(self._count, 1) for k, v in self._sums.items()})
+        row.update({f"train_{k}": v for k, v in self._training_means().items()})
         row["lr"] = float(engine.optimizer.param_groups[0]["lr"])
         row["seconds"] = time.perf_counter() - self._t0
         row.update(self._validation(engine.state.epoch))
@@ -348,7 +360,9 @@ def build_stage_trainer(
     )
     from ignite.engine import Events
 
-    timer = trainer.timings = timer if timer is not None else trainer.timings
+    if timer is not None:
+        trainer.timings = timer
+    timer = trainer.timings
     timer.attach(trainer)
     LrScheduleHandler(scheduler, print_lr=False, epoch_level=True).attach(trainer)
     save_dict = {"network": network, "optimizer": optimizer, "lr_scheduler": scheduler, "trainer": trainer}

@@ -192,6 +192,11 @@ class PseudoSensor(nn.Module):
             x = level(torch.cat((self.up[i](x), skips[i]), dim=1), self.decoder[i], dec[i])
         return self.out_act(self.head(x)).contiguous()
 
+    def __getstate__(self) -> dict:
+        state = dict(super().__getstate__())  # folded weights are derived: never pickled or copied
+        state.update(_folded=None, _folded_key=None)
+        return state
+
     def _apply(self, fn, recurse=True):  # noqa: ANN001 - torch signature
         self._folded, self._folded_key = None, None  # moved or cast: fold again
         return super()._apply(fn, recurse)

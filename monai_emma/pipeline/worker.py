@@ -156,64 +156,68 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     cfg = TrainConfig.from_dict(config["train_config"])
-    with timer.phase("setup"):
-        train_pairs, val_pairs = split_pairs(find_pairs(config["data"]), cfg.val_fraction, cfg.seed)
-        out_dir = Path(tempfile.mkdtemp(prefix=f"emma-{stage.name}-rank{rank}-"))
-        start = _restore(out_dir)
-    if config.get("attempts_file"):  # one line per rank and attempt: where it ran and resumed from
-        import ray
+    # the worker's own folder: checkpoints reach Ray's storage when reported, so nothing is kept here
+    out_dir = Path(tempfile.mkdtemp(prefix=f"emma-{stage.name}-rank{rank}-"))
+    try:
+        with timer.phase("setup"):
+            train_pairs, val_pairs = split_pairs(find_pairs(config["data"]), cfg.val_fraction, cfg.seed)
+            start = _restore(out_dir)
+        if config.get("attempts_file"):  # one line per rank and attempt: where it ran and resumed from
+            import ray
 
-        node = ray.get_runtime_context().get_node_id()
-        line = {"stage": stage.name, "rank": rank, "node": node, "start_epoch": start, "time": time.time()}
-        with open(config["attempts_file"], "a") as f:
-            f.write(json.dumps(line) + "\n")
+            node = ray.get_runtime_context().get_node_id()
+            line = {"stage": stage.name, "rank": rank, "node": node, "start_epoch": start, "time": time.time()}
+            with open(config["attempts_file"], "a") as f:
+                f.write(json.dumps(line) + "\n")
 
-    def wrap(net: torch.nn.Module, find_unused: bool) -> torch.nn.Module:
-        return ray.train.torch.prepare_model(net, parallel_strategy_kwargs={"find_unused_parameters": find_unused})
+        def wrap(net: torch.nn.Module, find_unused: bool) -> torch.nn.Module:
+            return ray.train.torch.prepare_model(net, parallel_strategy_kwargs={"find_unused_parameters": find_unused})
 
-    def preview(engine: Any) -> None:  # rank 0, after the last stage-2 epoch
+        def preview(engine: Any) -> None:  # rank 0, after the last stage-2 epoch
+            import mlflow
+
+            net = engine.network.module if hasattr(engine.network, "module") else engine.network
+            png = _fused_preview(net, val_pairs, device, out_dir / "fused_validation.png")
+            if png is not None and mlflow.active_run() is not None:
+                mlflow.log_artifact(str(png))
+
+        export = sensor_bank_state if stage is SENSORS else (lambda net: net.state_dict())
+        at_end = preview if stage is FUSER else None
+        report = _RayEpochReport(stage, out_dir, export, rank, timer, started_at, at_end=at_end)
+        # handlers the caller asked for (e.g. a test's failure injection), then the epoch report
+        handlers = [*config.get("worker_handlers", {}).get(stage.name, []), report]
+        kwargs = dict(
+            resume=True,
+            progress=False,
+            rank=rank,
+            world_size=world,
+            distributed=wrap if world > 1 else False,
+            extra_handlers=handlers,
+            timer=timer,
+        )
+        with timer.phase("setup"):
+            if stage is SENSORS:
+                trainer, _ = sensor_trainer(train_pairs, val_pairs, cfg, out_dir, device, **kwargs)
+            else:
+                with ray_checkpoint_dir(config["sensors_checkpoint"]) as d:
+                    sensors = load_sensor_bank(Path(d) / SENSORS.weights_file, map_location=device)
+                trainer, _ = fuser_trainer(train_pairs, val_pairs, sensors, cfg, out_dir, device, **kwargs)
+
+        if rank != 0 or not config.get("mlflow_run_id"):
+            trainer.run()
+            return
         import mlflow
 
-        net = engine.network.module if hasattr(engine.network, "module") else engine.network
-        png = _fused_preview(net, val_pairs, device, out_dir / "fused_validation.png")
-        if png is not None and mlflow.active_run() is not None:
-            mlflow.log_artifact(str(png))
-
-    export = sensor_bank_state if stage is SENSORS else (lambda net: net.state_dict())
-    at_end = preview if stage is FUSER else None
-    report = _RayEpochReport(stage, out_dir, export, rank, timer, started_at, at_end=at_end)
-    # handlers the caller asked for (e.g. a test's failure injection), then the epoch report
-    handlers = [*config.get("worker_handlers", {}).get(stage.name, []), report]
-    kwargs = dict(
-        resume=True,
-        progress=False,
-        rank=rank,
-        world_size=world,
-        distributed=wrap if world > 1 else False,
-        extra_handlers=handlers,
-        timer=timer,
-    )
-    with timer.phase("setup"):
-        if stage is SENSORS:
-            trainer, _ = sensor_trainer(train_pairs, val_pairs, cfg, out_dir, device, **kwargs)
-        else:
-            with ray_checkpoint_dir(config["sensors_checkpoint"]) as d:
-                sensors = load_sensor_bank(Path(d) / SENSORS.weights_file, map_location=device)
-            trainer, _ = fuser_trainer(train_pairs, val_pairs, sensors, cfg, out_dir, device, **kwargs)
-
-    if rank != 0 or not config.get("mlflow_run_id"):
-        trainer.run()
-        return
-    import mlflow
-
-    with timer.phase("mlflow"):
-        mlflow.set_tracking_uri(config["tracking_uri"])
-        run = mlflow.start_run(run_id=config["mlflow_run_id"], log_system_metrics=True)
-    with run:
-        if start == 0:
-            with timer.phase("mlflow"):
-                mlflow.log_params({"workers": world, "device": str(device), **_flat(cfg.to_dict(), stage)})
-        trainer.run()
+        with timer.phase("mlflow"):
+            mlflow.set_tracking_uri(config["tracking_uri"])
+            run = mlflow.start_run(run_id=config["mlflow_run_id"], log_system_metrics=True)
+        with run:
+            if start == 0:
+                with timer.phase("mlflow"):
+                    mlflow.log_params({"workers": world, "device": str(device), **_flat(cfg.to_dict(), stage)})
+            trainer.run()
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
 
 
 def _flat(cfg: dict[str, Any], stage: str) -> dict[str, Any]:

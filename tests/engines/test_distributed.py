@@ -32,8 +32,8 @@ def _config():
         fuser_batch_size=2,
         sensor_patch_size=32,
         fuser_patch_size=32,
-        sensor_samples_per_epoch=1,  # one sample: fewer batches than ranks
-        fuser_samples_per_epoch=1,
+        sensor_samples_per_epoch=8,  # one batch of 4 on each rank
+        fuser_samples_per_epoch=1,  # one sample: fewer batches than ranks
     )
 
 
@@ -71,7 +71,7 @@ def _worker(rank: int, world: int, port: int, data: str, out: str) -> None:
         # training with one sample per epoch on two ranks, then stage 2 with one validation slice
         cfg = _config()
         kwargs = dict(distributed=True, progress=False, resume=False)
-        trainer, _ = sensor_trainer(train[:1], val[:1], cfg, Path(out) / "s", torch.device("cpu"), **kwargs)
+        trainer, sensor_end = sensor_trainer(train[:1], val[:1], cfg, Path(out) / "s", torch.device("cpu"), **kwargs)
         trainer.run()
         bank = trainer.network.module
         trainer2, epoch_end = fuser_trainer(
@@ -83,6 +83,9 @@ def _worker(rank: int, world: int, port: int, data: str, out: str) -> None:
             "fuser_iterations": trainer2.state.iteration,
             "fuser_checksum": float(sum(p.detach().double().sum() for p in trainer2.network.module.parameters())),
             "history": epoch_end.history,
+            "sensor_history": sensor_end.history,
+            # this rank's own averages (the history holds the mean over both ranks)
+            "sensor_local": {k: v / sensor_end._count for k, v in sensor_end._sums.items()},
         }
         Path(out, f"rank{rank}.json").write_text(json.dumps(result))
     finally:
@@ -127,7 +130,7 @@ def test_world_size_two_with_one_validation_slice_and_one_training_sample(one_ty
         assert {"MI", "VIF", "Qabf", "SSIM"} <= set(r["one"]["fuser"])
         # one slice: each rank runs one iteration (rank 1 a weight-0 copy); three: two each
         assert r["one"]["fuser"]["iterations"] == 1 and r["three"]["fuser"]["iterations"] == 2
-        # one training sample, batch 4 (stage 1) and 2 (stage 2): one step on each rank
+        # eight samples at batch 4 (stage 1), one sample at batch 2 (stage 2): one step on each rank
         assert r["train"]["sensor_iterations"] == 1 and r["train"]["fuser_iterations"] == 1
         (row,) = r["train"]["history"]
         assert row["val_loss"] > 0 and 0 < row["val_SSIM"] <= 2
@@ -135,3 +138,8 @@ def test_world_size_two_with_one_validation_slice_and_one_training_sample(one_ty
     assert ranks[0]["train"]["fuser_checksum"] == ranks[1]["train"]["fuser_checksum"]
     rows = [{k: v for k, v in r["train"]["history"][0].items() if k != "seconds"} for r in ranks]
     assert rows[0] == rows[1]
+    # stage 1: each rank trained on its own batch; the logged training losses are the mean over ranks
+    local = [r["train"]["sensor_local"]["total"] for r in ranks]
+    assert local[0] != local[1]
+    for r in ranks:
+        assert r["train"]["sensor_history"][0]["train_total"] == pytest.approx(sum(local) / 2, rel=1e-9)

@@ -85,6 +85,9 @@ def test_frozen_fast_path_equals_the_plain_path_with_input_gradients():
     fast = net(x)
     (g_fast,) = torch.autograd.grad(fast.square().sum(), x)
     assert net._folded is not None and fast.is_contiguous()
+    import pickle
+
+    assert pickle.loads(pickle.dumps(net))._folded is None  # derived data is not pickled
     torch.testing.assert_close(fast, plain, atol=1e-6, rtol=0)
     torch.testing.assert_close(g_fast, g_plain, atol=1e-6, rtol=1e-5)
     # a changed statistic is folded again; training mode uses the plain path
