@@ -180,7 +180,15 @@ def _cmd_fuse_folder(args: argparse.Namespace) -> int:
         report = FidelityReport(("vis" if modality == "ir" else "mri", modality))
         bank = default_sensors()
     net, _ = _load_model(args)
-    fuse = network_fuser(net, args.device, zero_empty=not args.no_zero_empty, precision=args.precision)
+    from monai_emma.precision import resolve_precision
+
+    precision = resolve_precision(args.precision, args.device)
+    if args.precision == "auto" and precision == "bf16":
+        print(
+            "note: U-Fuser in bfloat16 (precision auto: native on this machine; --precision fp32 for float32)",
+            file=sys.stderr,
+        )
+    fuse = network_fuser(net, args.device, zero_empty=not args.no_zero_empty, precision=precision)
     out_dir.mkdir(parents=True, exist_ok=True)
     existing = [s for s in stems if (out_dir / f"{s}.png").exists()]
     if existing and not args.overwrite:
@@ -369,17 +377,25 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument(
         "--weights",
-        help="U-Fuser state dict or checkpoint, or a shipped set by name (v1, v2; default: the shipped default)",
+        help="U-Fuser state dict or checkpoint, or a shipped set by name (v1, v2, v2.1; default: the shipped default)",
     )
     src.add_argument("--bundle", help="EMMA MONAI bundle folder (uses models/model.pt)")
     src.add_argument("--model-uri", help="MLflow model URI, e.g. models:/emma-ufuser@candidate")
     p.add_argument("--tracking-uri", help="MLflow tracking URI for --model-uri (default: MLFLOW_TRACKING_URI)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--no-zero-empty", action="store_true", help=ZERO_EMPTY_HELP)
-    _add_precision_option(p)
+    _add_precision_option(p, inference=True)
 
 
-def _add_precision_option(p: argparse.ArgumentParser) -> None:
+def _add_precision_option(p: argparse.ArgumentParser, inference: bool = False) -> None:
+    if inference:
+        p.add_argument(
+            "--precision",
+            choices=["auto", "fp32", "bf16"],
+            default="auto",
+            help="auto (default): bfloat16 where the CPU (AMX/AVX-512-BF16) or GPU computes it natively, else fp32",
+        )
+        return
     p.add_argument(
         "--precision",
         choices=["fp32", "bf16"],

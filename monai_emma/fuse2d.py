@@ -68,12 +68,12 @@ def network_fuser(
     """Wrap a U-Fuser as a ``fuse(Y_a, Y_b)`` callable (eval mode, inference mode, fast path).
 
     With ``zero_empty`` the result is 0 wherever both sources are
-    (:func:`~monai_emma.transforms.zero_where_empty`); ``precision`` is ``"fp32"`` or ``"bf16"``
-    (:mod:`monai_emma.precision`)."""
-    from monai_emma.precision import autocast, check_precision
+    (:func:`~monai_emma.transforms.zero_where_empty`); ``precision`` is ``"fp32"``, ``"bf16"`` or
+    ``"auto"`` (:mod:`monai_emma.precision`)."""
+    from monai_emma.precision import autocast, resolve_precision
     from monai_emma.transforms.empty import zero_where_empty
 
-    check_precision(precision)
+    precision = resolve_precision(precision, device)
     net = net.to(device).eval()
 
     def fuse(ya: np.ndarray, yb: np.ndarray) -> np.ndarray:

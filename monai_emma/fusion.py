@@ -27,7 +27,7 @@ import torch
 from monai_emma.errors import FusionError, transform_cause
 from monai_emma.io.result import FusionResult
 from monai_emma.io.volumes import MODALITIES, Volume, VolumeReadError, as_volume, guess_modality
-from monai_emma.precision import check_precision
+from monai_emma.precision import INFERENCE_PRECISIONS, check_precision, resolve_precision
 from monai_emma.transforms.intensity import DEFAULT_INTENSITY, IntensityRule
 
 __all__ = [
@@ -130,15 +130,20 @@ def _fuse(
 
         model, _ = resolve_fuser()
     dev = torch.device(device)
+    resolved = resolve_precision(precision, dev)
     batch_size = batch_size or (16 if dev.type == "cuda" else 4)
     model = model.to(dev).eval() if isinstance(model, torch.nn.Module) else model
     inferer = FusionInferer(
-        sw_batch_size=batch_size, amp=amp, progress=progress, sw_device=dev, device="cpu", precision=precision
+        sw_batch_size=batch_size, amp=amp, progress=progress, sw_device=dev, device="cpu", precision=resolved
     )
     pred = inferer(d["image"][None], model)[0]
     if not torch.isfinite(pred).all():
         raise FusionError(f"{d['anatomical_volume'].path}: the network produced non-finite values")
     d["pred"] = pred
+    if precision == "auto" and resolved == "bf16":
+        d.setdefault("notes", []).append(
+            f"U-Fuser in bfloat16 (precision auto: native on this {dev.type.upper()}; --precision fp32 for float32)"
+        )
     d = fusion_postprocessing(preprocessing, zero_empty, stretch)(d)
     return result_from_data(d, seconds=time.perf_counter() - t0)
 
@@ -159,7 +164,7 @@ def fuse_volumes(
     other_series: str | Sequence[str] | None = None,
     zero_empty: bool = True,
     suv: str = "auto",
-    precision: str = "fp32",
+    precision: str = "auto",
 ) -> FusionResult:
     """Fuse two 3D images (NIfTI, DICOM series or single DICOM slices) on the anatomical grid.
 
@@ -183,7 +188,8 @@ def fuse_volumes(
         suv: PET DICOM in body-weight SUV: ``"auto"`` (when its tags allow, with a note),
             ``"on"`` (required; an error names a missing tag) or ``"off"``. ``other_rule`` windows
             are then in SUV.
-        precision: ``"fp32"`` or ``"bf16"`` (bfloat16 autocast; see :mod:`monai_emma.precision`).
+        precision: ``"auto"`` (default: bf16 where the device computes it natively, else fp32),
+            ``"fp32"`` or ``"bf16"`` (bfloat16 autocast); see :mod:`monai_emma.precision`.
 
     Returns:
         A :class:`FusionResult` whose ``fused`` is float32 (X, Y, Z) in [0, 1].
@@ -206,7 +212,7 @@ def fuse_volumes(
         )
     pre = fusion_preprocessing(anatomical_rule=anatomical_rule, other_rule=other_rule, suv=suv)
     job = {"anatomical": a, "other": b, "modality": modality}
-    check_precision(precision)  # before anything is read
+    check_precision(precision, INFERENCE_PRECISIONS)  # before anything is read
     return _fuse(job, model, device, batch_size, amp, progress, zero_empty, stretch, pre, precision)
 
 
@@ -219,7 +225,7 @@ def fuse_images(
     stretch: bool = False,
     resize: bool = False,
     zero_empty: bool = True,
-    precision: str = "fp32",
+    precision: str = "auto",
 ) -> FusionResult:
     """Fuse two 2D images (PNG, JPEG, BMP, TIFF; grey or RGB) into the 8-bit image users see.
 
@@ -235,7 +241,7 @@ def fuse_images(
         stretch: min-max stretch the fused luminance (the papers' protocol).
         resize: resample the second image to the anatomical size when they differ (otherwise an error).
         zero_empty: the fused image is 0 where both sources are.
-        precision: ``"fp32"`` or ``"bf16"``.
+        precision: ``"auto"`` (default), ``"fp32"`` or ``"bf16"``, as in :func:`fuse_volumes`.
 
     Returns:
         A :class:`FusionResult` whose ``fused`` is uint8 (H, W) or (H, W, 3).
@@ -245,7 +251,7 @@ def fuse_images(
         vol = a if a.is_3d else b
         raise FusionError(f"{vol.path}: a 3D volume cannot be fused with a 2D image; give two 2D images or two volumes")
     job = {"anatomical": a, "other": b, "modality": modality}
-    check_precision(precision)
+    check_precision(precision, INFERENCE_PRECISIONS)
     pre = fusion_preprocessing(resize=resize)
     return _fuse(job, model, device, 1, False, False, zero_empty, stretch, pre, precision)
 

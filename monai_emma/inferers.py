@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from monai.inferers import SliceInferer
 
-from monai_emma.precision import autocast, check_precision
+from monai_emma.precision import INFERENCE_PRECISIONS, autocast, check_precision
 
 __all__ = ["FusionInferer"]
 
@@ -29,7 +29,7 @@ class FusionInferer(SliceInferer):
         progress: show a progress bar over slice batches.
         sw_device: where the network runs (default: the input's device).
         device: where the output volume is assembled (default: the input's device).
-        precision: ``"fp32"`` or ``"bf16"``.
+        precision: ``"fp32"``, ``"bf16"`` or ``"auto"`` (bf16 where the device computes it natively).
 
     Example:
         >>> net = UFuser().eval()  # doctest: +SKIP
@@ -59,7 +59,7 @@ class FusionInferer(SliceInferer):
             device=device,
         )
         self.amp = amp
-        self.precision = check_precision(precision)
+        self.precision = check_precision(precision, INFERENCE_PRECISIONS)
 
     def __call__(
         self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any

@@ -15,6 +15,7 @@ from monai_emma.cli import main
 from monai_emma.io.volumes import read_volume
 from monai_emma.model_source import scoped_tracking_uri
 from monai_emma.networks import UFuser
+from monai_emma.precision import native_bf16
 
 
 @pytest.fixture(scope="module")
@@ -95,17 +96,26 @@ def test_dicom_in_dicom_out(phantom_volume_files, weights, tmp_path):
     np.testing.assert_allclose(back.array, nib.load(str(nii)).get_fdata(), atol=1 / 4095)
 
 
-def test_png_pair_and_colour_rendering(phantom_root, weights, tmp_path):
+def test_png_pair_and_colour_rendering(phantom_root, weights, tmp_path, capsys):
     a, b = phantom_root / "MRI_CT" / "MRI" / "2.png", phantom_root / "MRI_CT" / "CT" / "2.png"
     out = tmp_path / "f.png"
-    assert main(["fuse", str(a), str(b), "-o", str(out), "--weights", str(weights), "--colormap", "jet"]) == 0
+    args = ["--weights", str(weights), "--colormap", "jet"]
+    assert main(["fuse", str(a), str(b), "-o", str(out), *args, "--precision", "fp32"]) == 0
     grey, colour = np.asarray(Image.open(out)), np.asarray(Image.open(tmp_path / "f_colour.png"))
     assert grey.dtype == np.uint8 and grey.ndim == 2 and colour.shape == (*grey.shape, 3)
     # bfloat16: the same picture to a few grey levels
     low = tmp_path / "bf16.png"
-    assert main(["fuse", str(a), str(b), "-o", str(low), "--weights", str(weights), "--precision", "bf16"]) == 0
-    diff = np.abs(np.asarray(Image.open(low)).astype(int) - grey.astype(int))
+    assert main(["fuse", str(a), str(b), "-o", str(low), *args, "--precision", "bf16"]) == 0
+    low_grey = np.asarray(Image.open(low))
+    diff = np.abs(low_grey.astype(int) - grey.astype(int))
     assert diff.max() <= 8 and diff.mean() < 1.0
+    # the default, auto, is bfloat16 exactly where this machine computes it natively, and says so
+    capsys.readouterr()
+    auto = tmp_path / "auto.png"
+    assert main(["fuse", str(a), str(b), "-o", str(auto), *args]) == 0
+    native = native_bf16("cpu")
+    np.testing.assert_array_equal(np.asarray(Image.open(auto)), low_grey if native else grey)
+    assert ("precision auto" in capsys.readouterr().err) == native
 
 
 @pytest.mark.parametrize(
