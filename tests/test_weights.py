@@ -19,7 +19,9 @@ BUNDLE = REPO / "bundles" / "emma"
 
 
 def test_every_member_loads_and_fuses():
-    assert "V1" in UFuserWeights.__members__  # the first shipped set stays loadable by its name
+    assert {"V1", "V2"} <= set(UFuserWeights.__members__)  # earlier sets stay loadable by name
+    assert get_weights("v2.1") is get_weights("V2_1") is UFuserWeights.V2_1  # a dotted name is a member
+    assert resolve_fuser(weights="v2.1")[1] == "shipped weights 'v2.1'"  # --weights v2.1
     for member in UFuserWeights:  # aliases (DEFAULT) are not repeated by iteration
         net = ufuser(weights=member)
         assert isinstance(net, UFuser) and not net.training
@@ -35,7 +37,8 @@ def test_every_member_loads_and_fuses():
 
 def test_default_alias_meta_and_transforms():
     info = weights_info()
-    assert UFuserWeights.DEFAULT is UFuserWeights[info["default"].upper()]
+    assert UFuserWeights.DEFAULT is get_weights(info["default"])
+    assert UFuserWeights.DEFAULT.set_name == info["default"]
     assert SensorWeights.DEFAULT.set_name == info["default"]
     meta = UFuserWeights.DEFAULT.meta
     assert meta["version"] == info["default"] and meta["num_params"] == sum(p.numel() for p in UFuser().parameters())

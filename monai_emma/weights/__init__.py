@@ -1,7 +1,8 @@
 """Shipped weights, typed in the torchvision manner: :class:`UFuserWeights` and :class:`SensorWeights`.
 
-Each member is one shipped set (``V1``: Harvard only; ``V2``: Harvard + AANLIB; ...) and
-``DEFAULT`` is an alias of the current one. Members carry ``.meta`` (version, parameter count,
+Each member is one shipped set (``V1``: Harvard only; ``V2``: Harvard + AANLIB, 12 stage-2 epochs;
+``V2_1``, named ``"v2.1"``: the same schedule finished, 20 epochs) and ``DEFAULT`` is an alias of
+the current one. Members carry ``.meta`` (version, parameter count,
 training recipe and data, validation scores, how and where they were trained) and
 ``.transforms`` (the intensity preprocessing the weights expect, per modality)::
 
@@ -145,12 +146,17 @@ def _meta(w: Weights) -> dict[str, Any]:
     }
 
 
+def _member_name(set_name: str) -> str:
+    """The enumeration member of a set: ``v2`` -> ``V2``, ``v2.1`` -> ``V2_1``."""
+    return set_name.upper().replace(".", "_").replace("-", "_")
+
+
 def _enum(name: str, kind: str, doc: str) -> type[_WeightsEnum]:
     try:
         info = weights_info()
     except FileNotFoundError:  # an installation without weights: an empty enumeration
         info = {"sets": {}, "default": None}
-    members = {s.upper(): Weights(s, kind) for s in sorted(info["sets"])}
+    members = {_member_name(s): Weights(s, kind) for s in sorted(info["sets"])}
     if info.get("default") in info["sets"]:
         members["DEFAULT"] = Weights(info["default"], kind)  # equal value: an alias of that member
     enum = _WeightsEnum(name, members, module=__name__)
@@ -171,7 +177,8 @@ SensorWeights = _enum(
 
 
 def get_weights(name: str | _WeightsEnum, kind: str = "ufuser") -> _WeightsEnum:
-    """A member by name: ``"default"``, ``"v1"``, ``"V2"`` (any case) or the member itself.
+    """A member by name: ``"default"``, ``"v1"``, ``"V2"``, ``"v2.1"`` (any case; ``V2_1`` too) or
+    the member itself.
 
     Raises:
         KeyError: no such set (the message lists the shipped ones).
@@ -180,9 +187,9 @@ def get_weights(name: str | _WeightsEnum, kind: str = "ufuser") -> _WeightsEnum:
     if isinstance(name, _WeightsEnum):
         return enum[name.name] if name.name in enum.__members__ else name
     try:
-        return enum[str(name).upper()]
+        return enum[_member_name(str(name))]
     except KeyError:
-        shipped = ", ".join(m.lower() for m in enum.__members__)
+        shipped = ", ".join(sorted({m.set_name for m in enum}) + ["default"])
         raise KeyError(f"unknown weight set {name!r}; shipped: {shipped}") from None
 
 
