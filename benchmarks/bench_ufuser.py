@@ -190,6 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--official-dir", default=os.environ.get("EMMA_OFFICIAL_DIR"))
     parser.add_argument("--compile", action="store_true", help="also time torch.compile(UFuser)")
+    parser.add_argument("--bf16", action="store_true", help="also time the fast path under bfloat16 autocast")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--json", help="write the results to this JSON file")
     parser.add_argument("--profile", action="store_true", help="print where the fast path spends its time and exit")
@@ -218,6 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
             Path(args.json).write_text(json.dumps({"rates": rates, "profile": rows}, indent=2))
         return {"rates": rates, "profile": rows}
     from monai_emma.networks import UFuser
+    from monai_emma.precision import autocast
 
     official_cls = _load_official(args.official_dir)
     net = UFuser().eval()
@@ -244,6 +246,13 @@ def main(argv: list[str] | None = None) -> dict:
                 fns["official"] = lambda x=x: official(x[:, 1:2], x[:, 0:1])
             if compiled is not None:
                 fns["compiled"] = lambda x=x: compiled(x)
+            if args.bf16:
+
+                def bf16(x=x):
+                    with autocast("bf16", x.device):
+                        return net(x)
+
+                fns["bf16"] = bf16
             with torch.inference_mode():
                 ref = net(x)
                 diffs = {k: float((fn() - ref).abs().max()) for k, fn in fns.items()}
@@ -254,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict:
                 flops_per_slice[size] = model_flops(net, torch.rand(1, 2, size, size))
             for name, sec in med.items():
                 mem = float("nan")
-                if not args.no_memory and name != "official":
+                if not args.no_memory and name not in ("official", "bf16"):
                     mem = peak_memory_mb(size, batch, args.threads, name == "compiled")
                 row = {
                     "size": size,
@@ -272,6 +281,8 @@ def main(argv: list[str] | None = None) -> dict:
                 )
             if "official" in med:
                 print(f"{'':>11} speed-up vs official: {med['official'] / med['monai-emma']:.2f}x")
+                if "bf16" in med:
+                    print(f"{'':>11} bf16 speed-up vs official: {med['official'] / med['bf16']:.2f}x")
     for size, flops in flops_per_slice.items():
         print(f"model FLOPs per {size}x{size} slice: {flops / 1e9:.2f} GFLOP")
     if args.json:

@@ -15,8 +15,9 @@ Sections:
    512², batch 1 to 64, fp32 and autocast fp16/bf16, contiguous and channels-last; peak memory.
    Goal: at least 1,000 slices/s at 256² with AMP on one H100/H200-class card.
 3. ``train_step``: the paper recipe's stage-2 step (39.4 M-parameter sensors, 128² patches,
-   10-element group) through the real engine step: seconds per step and peak memory
-   (``bench_train_step.py``).
+   10-element group) through the real engine step, in fp32 and bf16: seconds per step and peak
+   memory (``bench_train_step.py``); with ``--official-dir`` (a MMIF-EMMA checkout) also the
+   official step side by side at batch 1 and 4, step-0 losses compared.
 4. ``pipeline``: ``pipelines/train.py --use-gpu`` for one epoch of each stage on ``--data``.
 5. ``bundle_ddp``: ``torchrun --nproc_per_node 1`` with ``train_fuser.json`` +
    ``multi_gpu_train.json`` for one epoch on ``--data`` (NCCL on CUDA).
@@ -101,10 +102,23 @@ def throughput(device: torch.device, sizes: list[int], batches: list[int], dtype
     return rows
 
 
-def train_step(device: torch.device, quick: bool) -> dict:
-    from bench_train_step import bench
+def train_step(device: torch.device, quick: bool, official_dir: str | None = None) -> dict:
+    """Our step in fp32 and bf16 and, with ``official_dir``, the official step beside ours."""
+    from bench_train_step import bench, compare
 
-    return bench("cpu" if quick else "paper", device, 1 if quick else None, 1 if quick else 5)
+    name, batch, repeats = ("cpu", 1, 1) if quick else ("paper", None, 5)
+    out: dict = {}
+    for precision in ("fp32", "bf16"):
+        try:
+            out[precision] = bench(name, device, batch, repeats, precision)
+        except Exception as err:  # recorded, the other cells still run
+            out[precision] = {"error": f"{type(err).__name__}: {err}"[:500]}
+    if official_dir:
+        try:
+            out["official"] = compare(official_dir, device, [1] if quick else [1, 4], 1 if quick else 3)
+        except (Exception, SystemExit) as err:
+            out["official"] = {"error": f"{type(err).__name__}: {err}"[:500]}
+    return out
 
 
 def _run(cmd: list[str], timeout: float, env: dict | None = None) -> dict:
@@ -159,6 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--data", help="Harvard-style root for the pipeline and bundle sections")
     p.add_argument("--output", default="gpu-check", help="folder for gpu_check.json and gpu_check.md")
     p.add_argument("--seconds", type=float, help="timing per throughput cell (default 2, quick 0.2)")
+    p.add_argument("--official-dir", help="a MMIF-EMMA checkout: the official training step beside ours")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -175,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
     seconds = args.seconds or (0.2 if quick else 2.0)
     report["throughput"] = throughput(device, sizes, batches, dtypes, seconds)
     try:
-        report["train_step"] = train_step(device, quick)
+        report["train_step"] = train_step(device, quick, args.official_dir)
     except Exception as err:
         report["train_step"] = {"error": f"{type(err).__name__}: {err}"[:500]}
     with tempfile.TemporaryDirectory() as tmp:

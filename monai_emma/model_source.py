@@ -151,6 +151,10 @@ def resolve_fuser(
 
 
 def _is_weight_set(name: str) -> bool:
-    from monai_emma.weights import UFuserWeights
+    from monai_emma.weights import get_weights
 
-    return name.upper() in UFuserWeights.__members__
+    try:
+        get_weights(name)
+    except KeyError:
+        return False
+    return True

@@ -26,8 +26,10 @@ def test_gpu_check_runs_quick_on_cpu(tmp_path):
         for lay in ("contiguous", "channels_last")
     }
     assert all(r.get("slices_per_s", 0) > 0 for r in rows), [r for r in rows if "error" in r]
-    step = report["train_step"]
-    assert step["s_per_step"] > 0 and step["sensor_params_with_grad"] == 0  # frozen pseudo-sensors
+    for precision in ("fp32", "bf16"):
+        step = report["train_step"][precision]
+        assert step["precision"] == precision and step["s_per_step"] > 0
+        assert step["sensor_params_with_grad"] == 0  # frozen pseudo-sensors
     assert report["pipeline"] == {"skipped": "no --data given"}
     table = (tmp_path / "gpu_check.md").read_text()
     assert "| 128 | 2 | bf16 | channels_last |" in table
