@@ -26,6 +26,8 @@ class BuildWithBundleModels(build_py):
 TRACKING = ["mlflow>=3.0", "psutil>=5.9"]  # psutil: MLflow system metrics
 # ray[default]: the dashboard and job server behind `ray start --head` and `ray job submit`
 DISTRIBUTED = ["ray[default,train]>=2.40"]
+# rigid/affine registration of separate studies before fusion (--register)
+REGISTRATION = ["SimpleITK>=2.3"]
 
 setup(
     name="monai-emma",
@@ -57,11 +59,13 @@ setup(
     extras_require={
         "tracking": TRACKING,
         "distributed": DISTRIBUTED,
-        "all": TRACKING + DISTRIBUTED,
+        "registration": REGISTRATION,
+        "all": TRACKING + DISTRIBUTED + REGISTRATION,
         # 12-bit JPEG Extended DICOM (GPL-3.0 decoder): not part of [all]
         "jpeg12": ["pylibjpeg>=2.0", "pylibjpeg-libjpeg>=2.1"],
         "dev": TRACKING
         + DISTRIBUTED
+        + REGISTRATION
         + [
             "pytest>=8",
             "ruff>=0.5",

@@ -230,6 +230,16 @@ def _parse_range(text: str | None, flag: str) -> tuple[float, float] | None:
     return lo, hi
 
 
+def _window(text: str | None, flag: str):
+    """A CT window rule from a preset or LOW,HIGH, or None."""
+    from monai_emma.transforms.intensity import ct_window
+
+    try:
+        return ct_window(text) if text else None
+    except ValueError as err:
+        raise CLIError(f"{flag} {err}") from err
+
+
 def _load_model(args: argparse.Namespace):
     import torch
 
@@ -265,16 +275,22 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
         raise CLIError(f"{out}: output exists (use --overwrite to replace it)")
     if args.report and Path(args.report).exists() and not args.overwrite:
         raise CLIError(f"{args.report}: output exists (use --overwrite to replace it)")
-    window = _parse_range(args.window, "--window")
+    from monai_emma.transforms.registration import check_registration
+
+    check_registration(args.register)  # SimpleITK present: before anything is loaded
     pct = _parse_range(args.percentiles, "--percentiles")
     mri_pct = _parse_range(args.mri_percentiles, "--mri-percentiles")
-    if window and pct:
+    if args.window and pct:
         raise CLIError("give --window or --percentiles, not both")
+    if args.anatomical_window and mri_pct:
+        raise CLIError("give --anatomical-window or --mri-percentiles, not both")
+    window = _window(args.window, "--window")
     try:
-        other_rule = IntensityRule("window", *window) if window else IntensityRule("percentile", *pct) if pct else None
+        other_rule = window or (IntensityRule("percentile", *pct) if pct else None)
         a_rule = IntensityRule("percentile", *mri_pct) if mri_pct else None
     except ValueError as err:
         raise CLIError(str(err)) from err
+    a_rule = _window(args.anatomical_window, "--anatomical-window") or a_rule
     net, source = _load_model(args)
     try:
         a = read_volume(args.anatomical, args.series_uid)
@@ -285,6 +301,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
                 b,
                 model=net,
                 modality=args.modality,
+                anatomical_modality=args.anatomical_modality,
                 anatomical_rule=a_rule,
                 other_rule=other_rule,
                 device=args.device,
@@ -295,8 +312,11 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
                 zero_empty=not args.no_zero_empty,
                 suv=args.suv,
                 precision=args.precision,
+                register=args.register,
             )
         else:
+            if args.register != "none":
+                raise CLIError("--register is for volumes; 2D slices (PNG, JPEG, ...) are fused as they are aligned")
             result = fuse_images(
                 a,
                 b,
@@ -491,7 +511,19 @@ def build_parser() -> argparse.ArgumentParser:
     fu.add_argument("--series-uid", action="append", help="SeriesInstanceUID to read from a folder of several series")
     fu.add_argument(
         "--window",
-        help="intensity window LOW,HIGH of the second modality (CT default: -100,300 HU; PET in SUV: e.g. 0,8)",
+        help="intensity window of the second modality: LOW,HIGH (CT default: -100,300 HU; PET in SUV: e.g. 0,8) "
+        "or a CT preset (head, brain, subdural, soft-tissue, lung, bone)",
+    )
+    fu.add_argument(
+        "--anatomical-modality",
+        choices=["mri", "ct"],
+        help="the anatomical (base) image: mri, or ct for PET/CT and SPECT/CT (default: from DICOM Modality "
+        "or Hounsfield values)",
+    )
+    fu.add_argument(
+        "--anatomical-window",
+        help="CT base only: window LOW,HIGH in HU or a preset (head, brain, subdural, soft-tissue, lung, bone; "
+        "default head: -100,300)",
     )
     suv = fu.add_mutually_exclusive_group()
     suv.add_argument(
@@ -526,6 +558,13 @@ def build_parser() -> argparse.ArgumentParser:
     fu.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     fu.add_argument("--stretch", action="store_true", help="min-max stretch each fused slice (the papers' protocol)")
     fu.add_argument("--resize", action="store_true", help="resize a 2D second image to the anatomical size")
+    fu.add_argument(
+        "--register",
+        choices=["none", "rigid", "affine"],
+        default="none",
+        help="align the second volume to the anatomical one first (separate studies; needs "
+        "monai-emma[registration]); default none: the files' coordinates (hybrid scanners)",
+    )
     fu.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     fu.add_argument("--quiet", action="store_true", help="no progress bar")
     fu.set_defaults(func=_cmd_fuse)

@@ -1,4 +1,5 @@
-"""Optional dependency stacks behind extras: ``tracking`` (MLflow), ``distributed`` (Ray Train).
+"""Optional dependency stacks behind extras: ``tracking`` (MLflow), ``distributed`` (Ray Train),
+``registration`` (SimpleITK).
 
 The base install fuses, trains in-process, evaluates and runs the bundle; a feature that needs an
 extra imports it through :func:`require`, which fails with one line naming what to install.
@@ -15,7 +16,7 @@ from types import ModuleType
 __all__ = ["EXTRAS", "MissingExtraError", "require", "scoped_tracking_uri"]
 
 #: which extra provides which top-level module
-EXTRAS = {"mlflow": "tracking", "psutil": "tracking", "ray": "distributed"}
+EXTRAS = {"mlflow": "tracking", "psutil": "tracking", "ray": "distributed", "SimpleITK": "registration"}
 #: pip names of modules that differ from them
 PIP_NAMES = {"nrrd": "pynrrd", "h5py": "h5py"}
 

@@ -128,6 +128,7 @@ class FidelityReport:
     slices: list[dict[str, Any]] = field(default_factory=list)
     thresholds: dict[str, float] = field(default_factory=lambda: dict(THRESHOLDS))
     units: str = ""  # the second modality's units when converted (``"SUVbw"``)
+    registration: dict[str, Any] | None = None  # the transform applied to the second modality (--register)
 
     @property
     def flagged(self) -> list[int]:
@@ -152,6 +153,8 @@ class FidelityReport:
         out: dict[str, Any] = {"modalities": list(self.modalities)}
         if self.units:
             out["units"] = {self.modalities[1]: self.units}
+        if self.registration is not None:
+            out["registration"] = self.registration
         return {**out, "summary": summary, "slices": self.slices}
 
 
@@ -173,13 +176,15 @@ def fidelity_report(
     from monai_emma.transforms.geometry import to_display
 
     bank = default_sensors(sensors)
-    anatomical = "vis" if result.modality == "ir" else "mri"
+    anatomical = "vis" if result.modality == "ir" else result.anatomical_modality
     modality = result.modality or "pet"
     missing = [m for m in (anatomical, modality) if m not in bank.modalities]
     if missing:
         raise ValueError(f"the pseudo-sensors have no {', '.join(missing)} sensor; give sensors that do")
     thresholds = {**THRESHOLDS, **(thresholds or {})}
     report = FidelityReport((anatomical, modality), thresholds=thresholds, units=result.other_units)
+    if result.registration is not None:
+        report.registration = result.registration.to_dict()
     if result.is_3d:
         affine = result.anatomical.affine
         stacks = [to_display(v, affine) for v in (result.fused, result.anatomical_scaled, result.other_scaled)]

@@ -49,6 +49,7 @@ def fusion_preprocessing(
     other_rule: IntensityRule | None = None,
     resize: bool = False,
     suv: str = "auto",
+    register: str = "none",
 ):
     """The MONAI ``Compose`` from a job ``{"anatomical", "other", "modality"}`` to the 2-channel
     ``image`` (display orientation). The bundle's ``preprocessing`` is the same list.
@@ -60,11 +61,14 @@ def fusion_preprocessing(
         resize: 2D only: resample the second image to the anatomical size when they differ.
         suv: PET DICOM to body-weight SUV: ``"auto"``, ``"on"`` or ``"off"``
             (:class:`~monai_emma.io.dictionary.ToSUVd`).
+        register: ``"none"``, ``"rigid"`` or ``"affine"``: align the second modality to the
+            anatomical image first (:class:`~monai_emma.transforms.registration.RegisterToMatchd`).
     """
     from monai.transforms import Compose, ConcatItemsd, Orientationd, ResampleToMatchd
 
     from monai_emma.io.dictionary import DISPLAY_AXCODES, LoadFusionPaird, ToSUVd
     from monai_emma.transforms.intensity import ModalityScaled
+    from monai_emma.transforms.registration import RegisterToMatchd
 
     return Compose(
         [
@@ -72,6 +76,7 @@ def fusion_preprocessing(
             ToSUVd("other", mode=suv),
             ModalityScaled("anatomical", modality_key="anatomical_modality", rules=_rules(rules, anatomical_rule)),
             ModalityScaled("other", modality_key="modality", rules=_rules(rules, other_rule)),
+            RegisterToMatchd("other", key_dst="anatomical", mode=register),
             ResampleToMatchd("other", key_dst="anatomical", mode="bilinear", padding_mode="zeros", dtype=torch.float32),
             Orientationd(("anatomical", "other"), axcodes=DISPLAY_AXCODES, labels=None),
             ConcatItemsd(("anatomical", "other"), name="image", dim=0),
@@ -165,6 +170,8 @@ def fuse_volumes(
     zero_empty: bool = True,
     suv: str = "auto",
     precision: str = "auto",
+    register: str = "none",
+    anatomical_modality: str | None = None,
 ) -> FusionResult:
     """Fuse two 3D images (NIfTI, DICOM series or single DICOM slices) on the anatomical grid.
 
@@ -173,7 +180,8 @@ def fuse_volumes(
         other: CT, PET or SPECT, on any grid that overlaps the anatomical one.
         model: the 2D fuser (default: the shipped U-Fuser).
         modality: ``"ct"``, ``"pet"``, ``"spect"`` or ``"ir"``; guessed when omitted.
-        anatomical_rule: intensity rule for the anatomical image (default: MRI percentiles).
+        anatomical_rule: intensity rule for the anatomical image (default: MRI percentiles; a CT
+            base: the ``head`` window, see :func:`~monai_emma.transforms.intensity.ct_window`).
         other_rule: intensity rule for the second modality (default: the modality's).
         device: where the network runs.
         batch_size: slices per network call (default: 4 on CPU, where larger batches are no
@@ -190,6 +198,12 @@ def fuse_volumes(
             are then in SUV.
         precision: ``"auto"`` (default: bf16 where the device computes it natively, else fp32),
             ``"fp32"`` or ``"bf16"`` (bfloat16 autocast); see :mod:`monai_emma.precision`.
+        register: ``"none"`` (default: the files' world coordinates align the inputs, right for
+            hybrid scanners), ``"rigid"`` or ``"affine"`` (separate studies: Mattes mutual
+            information with SimpleITK, ``monai-emma[registration]``); the result's
+            ``registration`` and notes give the transform, and the writers save it as ``.tfm``.
+        anatomical_modality: ``"mri"`` or ``"ct"`` (PET/CT, SPECT/CT); default: from the DICOM
+            ``Modality`` or Hounsfield values, else MRI.
 
     Returns:
         A :class:`FusionResult` whose ``fused`` is float32 (X, Y, Z) in [0, 1].
@@ -197,12 +211,17 @@ def fuse_volumes(
     Raises:
         VolumeReadError: an input is missing or unreadable.
         FusionError: 2D mixed with 3D, or fields of view that do not overlap.
+        RegistrationError: ``register`` failed, did not improve the alignment or left sane bounds.
 
     Example:
         >>> result = fuse_volumes("mri.nii.gz", "pet.nii.gz", modality="pet")  # doctest: +SKIP
         >>> result.fused.shape == result.anatomical.array.shape  # doctest: +SKIP
         True
     """
+    from monai_emma.transforms.registration import check_registration
+
+    check_precision(precision, INFERENCE_PRECISIONS)  # before anything is read
+    check_registration(register)
     a = as_volume(anatomical, anatomical_series)
     b = as_volume(other, other_series)
     if not (a.is_3d and b.is_3d):
@@ -210,9 +229,8 @@ def fuse_volumes(
         raise FusionError(
             f"{flat.path}: a 2D image cannot be fused with a 3D volume; give two 2D images or two volumes"
         )
-    pre = fusion_preprocessing(anatomical_rule=anatomical_rule, other_rule=other_rule, suv=suv)
-    job = {"anatomical": a, "other": b, "modality": modality}
-    check_precision(precision, INFERENCE_PRECISIONS)  # before anything is read
+    pre = fusion_preprocessing(anatomical_rule=anatomical_rule, other_rule=other_rule, suv=suv, register=register)
+    job = {"anatomical": a, "other": b, "modality": modality, "anatomical_modality": anatomical_modality}
     return _fuse(job, model, device, batch_size, amp, progress, zero_empty, stretch, pre, precision)
 
 

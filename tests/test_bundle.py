@@ -96,6 +96,13 @@ def test_inference_pipeline_is_the_packages(tmp_path):
     assert [type(t).__name__ for t in pre.transforms] == [type(t).__name__ for t in ours.transforms]
     names = [type(t).__name__ for t in fusion_postprocessing(ours).transforms]
     assert [type(t).__name__ for t in post.transforms] == ["SqueezeDimd", *names, "SaveFusiond"]
+    # registration is one id: off by default, rigid or affine when set
+    register = [t for t in pre.transforms if type(t).__name__ == "RegisterToMatchd"][0]
+    assert register.mode == "none"
+    parser.update({"register": "rigid"})
+    parser.parse(reset=True)
+    pre = parser.get_parsed_content("preprocessing", instantiate=True)
+    assert [t.mode for t in pre.transforms if type(t).__name__ == "RegisterToMatchd"] == ["rigid"]
 
 
 def test_overriding_one_id_changes_one_thing(phantom_volume_files, tmp_path):

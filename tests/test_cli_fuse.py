@@ -129,7 +129,7 @@ def test_png_pair_and_colour_rendering(phantom_root, weights, tmp_path, capsys):
         ("png_for_volume", "PNG output is for 2D inputs"),
         ("dicom_from_nifti", "DICOM output needs a DICOM anatomical series"),
         ("no_suffix", "cannot tell the output format"),
-        ("bad_window", "--window '5': expected two numbers"),
+        ("bad_window", "--window '5': expected a window preset"),
         ("bad_weights", "not a PyTorch weights file"),
         ("no_overlap", "fields of view do not overlap"),
     ],

@@ -20,7 +20,14 @@ from monai.transforms import MapTransform
 
 from monai_emma.errors import FusionError
 from monai_emma.io.result import FusionResult
-from monai_emma.io.volumes import MODALITIES, Volume, as_volume, guess_modality
+from monai_emma.io.volumes import (
+    ANATOMICAL_MODALITIES,
+    MODALITIES,
+    Volume,
+    as_volume,
+    guess_anatomical_modality,
+    guess_modality,
+)
 from monai_emma.transforms.geometry import DISPLAY_AXCODES
 from monai_emma.transforms.intensity import SCALED
 
@@ -48,7 +55,8 @@ class LoadFusionPaird(MapTransform):
     is wrong in one line naming the file.
 
     Also sets: ``<modality_key>`` (guessed from DICOM tags or Hounsfield values when missing, with
-    a note), ``anatomical_modality`` (``"mri"``, or ``"vis"`` for infrared pairs), ``coverage`` (the
+    a note), ``anatomical_modality`` (given, else ``"ct"`` for a CT base of PET/CT or SPECT/CT,
+    from DICOM ``Modality`` or Hounsfield values, ``"vis"`` for infrared pairs, ``"mri"``), ``coverage`` (the
     share of the anatomical grid inside the second image's field of view), ``notes``, ``kind``
     (``"volume"`` or ``"slices"``) and ``<key>_volume`` (the :class:`~monai_emma.io.volumes.Volume`
     read, which the writers need).
@@ -94,6 +102,19 @@ class LoadFusionPaird(MapTransform):
             notes.append(f"modality {modality} ({how})")
         if modality and modality not in MODALITIES:
             raise FusionError(f"unknown modality {modality!r}; choose one of {', '.join(MODALITIES)}")
+        anatomical = str(d.get("anatomical_modality") or "").lower()
+        if not anatomical:
+            anatomical = "vis" if modality == "ir" else "mri"
+            if a.is_3d:
+                anatomical, how = guess_anatomical_modality(a)
+                if anatomical != "mri":
+                    notes.append(f"anatomical image {anatomical.upper()} ({how})")
+        if anatomical not in ANATOMICAL_MODALITIES:
+            raise FusionError(
+                f"unknown anatomical modality {anatomical!r}; choose one of {', '.join(ANATOMICAL_MODALITIES)}"
+            )
+        if anatomical == "ct" and modality == "ct":
+            raise FusionError(f"{a.path} and {b.path}: both are CT; fuse CT with MRI, PET or SPECT")
         coverage = 1.0
         if a.is_3d:
             from monai_emma.transforms.geometry import coverage_mask
@@ -129,7 +150,7 @@ class LoadFusionPaird(MapTransform):
             d[f"{b_key}_image"] = b_img
         d[f"{a_key}_volume"], d[f"{b_key}_volume"] = a, b
         d[self.modality_key] = modality
-        d["anatomical_modality"] = "vis" if modality == "ir" else "mri"
+        d["anatomical_modality"] = anatomical
         d["coverage"], d["notes"], d["kind"] = coverage, notes, "volume" if a.is_3d else "slices"
         return d
 
@@ -226,6 +247,8 @@ def result_from_data(d: Mapping[Hashable, object], pred_key: str = "pred", secon
         coverage=float(d.get("coverage", 1.0)),
         seconds=seconds,
         notes=list(d.get("notes") or []),
+        registration=d.get("registration"),
+        anatomical_modality=str(d.get("anatomical_modality") or "mri"),
     )
 
 

@@ -151,7 +151,8 @@ def write_fusion(
             colour of the functional image) to :func:`rendering_path` with ``overlay``.
 
     Returns:
-        ``{"fused": path, "colour": path, "overlay": path, "preview": path}`` for what was written.
+        ``{"fused": path, "colour": path, "overlay": path, "preview": path, "transform": path}``
+        for what was written (``transform``: the registration as an ITK ``.tfm``, when registered).
 
     Raises:
         ValueError: a format that does not fit the inputs (PNG for volumes, NIfTI for 2D images,
@@ -188,11 +189,14 @@ def write_fusion(
         targets["overlay"] = rendering_path(output, fmt, "overlay")
     if preview:
         targets["preview"] = Path(preview)
+    if result.registration is not None:  # the transform that aligned the second modality, for ITK/Slicer
+        targets["transform"] = rendering_path(output, fmt, "registration").with_suffix("").with_suffix(".tfm")
     existing = [str(p) for p in targets.values() if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{existing[0]}: output exists (use --overwrite to replace it)")
 
-    mods = f"{(a.modality or 'MR').upper()} + {(result.modality or 'other').upper()}"
+    base = {"ct": "CT", "vis": "VIS"}.get(result.anatomical_modality, "MR")
+    mods = f"{(a.modality or base).upper()} + {(result.modality or 'other').upper()}"
     if result.other_units:
         mods += f" ({result.other_units})"
     description = f"EMMA fusion (monai-emma {__version__}) of {mods}"
@@ -224,6 +228,10 @@ def write_fusion(
             save_nifti_like(image, a, targets[label], overwrite=True, description=f"{description}, {label}")
     if preview:
         save_preview(result, targets["preview"], renderings)
+    if "transform" in targets:
+        from monai_emma.transforms.registration import write_transform
+
+        write_transform(result.registration, targets["transform"])
     return targets
 
 

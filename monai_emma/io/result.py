@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +29,9 @@ class FusionResult:
         coverage: the fraction of anatomical voxels inside the second modality's field of view.
         seconds: wall time of the whole fusion, reading included.
         notes: remarks worth showing the user (guessed modality, partial overlap…).
+        registration: the :class:`~monai_emma.transforms.registration.Registration` applied to the
+            second modality (``--register``), or None.
+        anatomical_modality: ``"mri"``, ``"ct"`` (PET/CT, SPECT/CT) or ``"vis"`` (infrared pairs).
     """
 
     fused: np.ndarray
@@ -41,6 +45,8 @@ class FusionResult:
     coverage: float = 1.0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    registration: Any = None
+    anatomical_modality: str = "mri"
 
     @property
     def is_3d(self) -> bool:

@@ -31,14 +31,20 @@ __all__ = [
     "list_dicom_series",
     "input_kind",
     "guess_modality",
+    "guess_anatomical_modality",
     "as_volume",
     "MODALITIES",
+    "ANATOMICAL_MODALITIES",
     "COMPRESSED_SYNTAXES",
 ]
 
 #: Second-modality names a fusion accepts.
 MODALITIES = ("ct", "pet", "spect", "ir")
+#: Anatomical (base) image names: MRI, CT (PET/CT, SPECT/CT) and visible light (infrared pairs).
+ANATOMICAL_MODALITIES = ("mri", "ct", "vis")
 _DICOM_MODALITY = {"CT": "ct", "PT": "pet", "NM": "spect", "ST": "spect"}
+#: words in file or folder names that say the modality (``pet.nii.gz``, ``sub-01_spect``, ``CT_head``)
+_NAME_WORDS = {"ct": "ct", "pet": "pet", "pt": "pet", "fdg": "pet", "spect": "spect", "nm": "spect", "ir": "ir"}
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -416,14 +422,43 @@ def read_volume(path: str | os.PathLike, series_uid: str | Sequence[str] | None 
     return vol
 
 
+def _name_modality(path: Path) -> str | None:
+    """The modality a file's name says, when exactly one word of it names one."""
+    import re
+
+    name = path.name.lower()
+    for suffix in (*VOLUME_SUFFIXES, *IMAGE_SUFFIXES, ".dcm"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    found = {_NAME_WORDS[w] for w in re.split(r"[^a-z0-9]+", name) if w in _NAME_WORDS}
+    return found.pop() if len(found) == 1 else None
+
+
 def guess_modality(volume: Volume) -> tuple[str, str]:
-    """The second modality from DICOM's ``Modality`` or, failing that, from the values (Hounsfield
-    units go far below zero); returns ``(modality, how)``."""
+    """The second modality from DICOM's ``Modality``, the file name (``spect.nii.gz``,
+    ``sub-01_pet.nii``), or the values (Hounsfield units go far below zero); PET otherwise.
+    Returns ``(modality, how)``; ``how`` tells the user how to change it when it is a guess."""
     if volume.modality.upper() in _DICOM_MODALITY:
         return _DICOM_MODALITY[volume.modality.upper()], f"DICOM Modality {volume.modality}"
+    named = _name_modality(volume.path)
+    if named is not None:
+        return named, f"from the file name {volume.path.name}; --modality to change"
     if volume.is_3d and float(volume.array.min()) <= -500:
-        return "ct", "values below -500 (Hounsfield units)"
-    return "pet", "no --modality given; scaled as functional (PET/SPECT) uptake"
+        return "ct", "values below -500 (Hounsfield units); --modality to change"
+    return "pet", "nothing in the file says which; scaled as functional uptake: give --modality spect for SPECT"
+
+
+def guess_anatomical_modality(volume: Volume) -> tuple[str, str]:
+    """The anatomical image's modality, ``"mri"`` or ``"ct"``: DICOM ``Modality`` (``MR``/``CT``),
+    then Hounsfield values (below -500), MRI otherwise. Returns ``(modality, how)``."""
+    if volume.modality.upper() == "CT":
+        return "ct", "DICOM Modality CT"
+    if volume.modality.upper() == "MR":
+        return "mri", "DICOM Modality MR"
+    if volume.is_3d and float(volume.array.min()) <= -500:
+        return "ct", "values below -500 (Hounsfield units); --anatomical-modality mri to change"
+    return "mri", "default"
 
 
 def as_volume(x: Volume | str | os.PathLike, series_uid: str | Sequence[str] | None = None) -> Volume:

@@ -15,6 +15,8 @@ __all__ = [
     "ScaleToUnitd",
     "IntensityRule",
     "DEFAULT_INTENSITY",
+    "CT_WINDOWS",
+    "ct_window",
     "intensity_bounds",
     "ModalityScale",
     "ModalityScaled",
@@ -91,6 +93,45 @@ DEFAULT_INTENSITY: dict[str, IntensityRule] = {
     "ir": IntensityRule("percentile", 0.5, 99.5),
     "vis": IntensityRule("percentile", 0.5, 99.5),
 }
+
+#: CT window presets in Hounsfield units (LOW, HIGH), from the usual level/width pairs: brain
+#: L40/W80, subdural L75/W215, soft tissue L40/W400, lung L-600/W1500, bone L400/W1800; ``head``
+#: is the default above (L100/W400), the look of the CT slices the shipped model learnt from.
+CT_WINDOWS: dict[str, tuple[float, float]] = {
+    "head": (-100.0, 300.0),
+    "brain": (0.0, 80.0),
+    "subdural": (-32.5, 182.5),
+    "soft-tissue": (-160.0, 240.0),
+    "lung": (-1350.0, 150.0),
+    "bone": (-500.0, 1300.0),
+}
+
+
+def ct_window(text: str) -> IntensityRule:
+    """A window rule from a preset name of :data:`CT_WINDOWS` (``soft_tissue`` also works) or
+    ``"LOW,HIGH"`` (``LOW:HIGH``).
+
+    Raises:
+        ValueError: neither a preset nor two increasing numbers; the message lists the presets.
+
+    Example:
+        >>> ct_window("brain")
+        IntensityRule(kind='window', low=0.0, high=80.0)
+        >>> ct_window("-160,240").high
+        240.0
+    """
+    key = text.strip().lower().replace("_", "-").replace(" ", "-")
+    if key in CT_WINDOWS:
+        return IntensityRule("window", *CT_WINDOWS[key])
+    try:
+        low, high = (float(v) for v in text.replace(":", ",").split(","))
+    except ValueError:
+        raise ValueError(
+            f"{text!r}: expected a window preset ({', '.join(CT_WINDOWS)}) or two numbers LOW,HIGH"
+        ) from None
+    if not high > low:
+        raise ValueError(f"{text!r}: LOW must be below HIGH")
+    return IntensityRule("window", low, high)
 
 
 def intensity_bounds(img: np.ndarray, rule: IntensityRule) -> tuple[float, float]:

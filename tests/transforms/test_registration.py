@@ -1,0 +1,206 @@
+"""Registration before fusion: known rigid misalignments of the phantom are recovered."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+pytest.importorskip("SimpleITK")
+
+from monai_emma.transforms.registration import (  # noqa: E402
+    RegisterToMatchd,
+    RegistrationError,
+    check_registration,
+    register,
+)
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    """A phantom head of adult size (180 mm) with 1.5 mm MRI voxels as NIfTI files."""
+    from monai_emma.data.phantom import write_phantom_nifti
+
+    return write_phantom_nifti(tmp_path_factory.mktemp("reg_head"), head_mm=180.0, mri_spacing=1.5)
+
+
+@pytest.fixture(scope="module")
+def small_head(tmp_path_factory):
+    """A smaller, coarser head (120 mm, 2 mm voxels) for the end-to-end runs."""
+    from monai_emma.data.phantom import write_phantom_nifti
+
+    return write_phantom_nifti(tmp_path_factory.mktemp("reg_small"), head_mm=120.0, mri_spacing=2.0)
+
+
+def _misalign(affine: np.ndarray, centre: np.ndarray, degrees: float, shift_mm: np.ndarray, axis: int = 2):
+    """``affine`` with the image rotated by ``degrees`` about ``axis`` through ``centre`` and shifted."""
+    th = np.radians(degrees)
+    c, s = np.cos(th), np.sin(th)
+    i, j = [k for k in range(3) if k != axis]
+    rot = np.eye(4)
+    rot[[i, i, j, j], [i, j, i, j]] = [c, -s, s, c]
+    to, back = np.eye(4), np.eye(4)
+    to[:3, 3], back[:3, 3] = -centre, centre + shift_mm
+    return back @ rot @ to @ affine
+
+
+def _residual(corrected: np.ndarray, truth: np.ndarray, centre: np.ndarray) -> tuple[float, float]:
+    """Rotation (degrees) and displacement of the centre (mm) left between two affines."""
+    r = corrected @ np.linalg.inv(truth)
+    angle = np.degrees(np.arccos(np.clip((np.trace(r[:3, :3]) - 1) / 2, -1, 1)))
+    return float(angle), float(np.linalg.norm(r[:3, :3] @ centre + r[:3, 3] - centre))
+
+
+def _load(path):
+    img = nib.load(str(path))
+    return img.get_fdata().astype(np.float32), img.affine
+
+
+@pytest.mark.parametrize(
+    "modality,degrees,shift,axis",
+    [("pet", 10.0, (8.0, 0.0, 0.0), 2), ("spect", -10.0, (0.0, 5.0, 6.0), 0), ("ct", 10.0, (0.0, -8.0, 0.0), 1)],
+)
+def test_rigid_misalignment_is_recovered(head, modality, degrees, shift, axis):
+    mri, mri_affine = _load(head["mri"])
+    other, other_affine = _load(head[modality])
+    centre = (mri_affine @ np.array([*(np.array(mri.shape) - 1) / 2, 1.0]))[:3]
+    moved = _misalign(other_affine, centre, degrees, np.asarray(shift), axis)
+    before = _residual(moved, other_affine, centre)
+    assert before[0] == pytest.approx(abs(degrees), abs=1e-6) and before[1] > 7.5  # the test's own misalignment
+    reg = register(mri, mri_affine, other, moved, "rigid")
+    angle, shift_left = _residual(np.linalg.inv(reg.matrix) @ moved, other_affine, centre)
+    assert angle < 0.5 and shift_left < 1.0, (angle, shift_left, reg.summary())
+    assert reg.metric_after < reg.metric_before
+    assert reg.rotation_deg == pytest.approx(abs(degrees), abs=0.5)
+
+
+def test_affine_recovers_the_same_misalignment(head):
+    mri, mri_affine = _load(head["mri"])
+    pet, pet_affine = _load(head["pet"])
+    centre = (mri_affine @ np.array([*(np.array(mri.shape) - 1) / 2, 1.0]))[:3]
+    moved = _misalign(pet_affine, centre, 10.0, np.array([5.0, 5.0, 0.0]))
+    reg = register(mri, mri_affine, pet, moved, "affine")
+    angle, shift_left = _residual(np.linalg.inv(reg.matrix) @ moved, pet_affine, centre)
+    assert angle < 1.0 and shift_left < 1.5, reg.summary()
+    assert all(0.9 < s < 1.1 for s in reg.scales)
+
+
+def test_images_that_share_no_content_are_refused(small_head):
+    mri, mri_affine = _load(small_head["mri"])
+    noise = np.random.default_rng(0).random((40, 40, 30)).astype(np.float32)
+    noise_affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    noise_affine[:3, 3] = (mri_affine @ np.array([*(np.array(mri.shape) - 1) / 2, 1.0]))[:3] - 58.5
+    with pytest.raises(RegistrationError, match="share almost no information"):
+        register(mri, mri_affine, noise, noise_affine, "rigid")
+    with pytest.raises(RegistrationError, match="constant"):
+        register(mri, mri_affine, np.ones_like(noise), noise_affine, "rigid")
+
+
+def test_aligned_images_are_accepted_as_they_are(head):
+    mri, mri_affine = _load(head["mri"])
+    pet, pet_affine = _load(head["pet"])
+    reg = register(mri, mri_affine, pet, pet_affine, "rigid")
+    assert reg.rotation_deg < 0.5 and reg.translation_norm_mm < 1.0
+    assert reg.metric_after <= reg.metric_before + 1e-3 and "already aligned" in reg.notes[0]
+
+
+def test_modes_are_checked():
+    assert check_registration("none") == "none"
+    with pytest.raises(ValueError, match="unknown registration mode 'elastic'"):
+        RegisterToMatchd(mode="elastic")
+
+
+def test_fuse_registers_and_writes_the_transform(small_head, tmp_path, capsys):
+    """The CLI end to end: a misaligned PET is registered, the transform is written as .tfm and in
+    the report; the fused image equals fusing the correctly aligned PET."""
+    import SimpleITK as sitk
+
+    from monai_emma.cli import main
+
+    mri, mri_affine = _load(small_head["mri"])
+    pet_img = nib.load(str(small_head["pet"]))
+    centre = (mri_affine @ np.array([*(np.array(mri.shape) - 1) / 2, 1.0]))[:3]
+    moved = tmp_path / "pet_moved.nii.gz"
+    nib.save(
+        nib.Nifti1Image(
+            pet_img.get_fdata().astype(np.float32), _misalign(pet_img.affine, centre, 10.0, np.array([8.0, 0, 0]))
+        ),
+        moved,
+    )
+    common = ["--modality", "pet", "--quiet", "--precision", "fp32"]
+    out, ref = tmp_path / "reg" / "fused.nii.gz", tmp_path / "ref.nii.gz"
+    report = tmp_path / "reg" / "report.json"
+    assert (
+        main(
+            [
+                "fuse",
+                str(small_head["mri"]),
+                str(moved),
+                "-o",
+                str(out),
+                "--register",
+                "rigid",
+                "--report",
+                str(report),
+                *common,
+            ]
+        )
+        == 0
+    )
+    err = capsys.readouterr().err
+    assert "rigid registration: rotation" in err
+    tfm = tmp_path / "reg" / "fused_registration.tfm"
+    t = sitk.ReadTransform(str(tfm))
+    assert t.GetDimension() == 3
+    rec = json.loads(report.read_text())["registration"]
+    assert (
+        rec["mode"] == "rigid" and abs(rec["rotation_deg"] - 10.0) < 0.5 and rec["metric_after"] < rec["metric_before"]
+    )
+    assert main(["fuse", str(small_head["mri"]), str(small_head["pet"]), "-o", str(ref), *common]) == 0
+    fused, truth = nib.load(str(out)).get_fdata(), nib.load(str(ref)).get_fdata()
+    unregistered = tmp_path / "unreg.nii.gz"
+    assert main(["fuse", str(small_head["mri"]), str(moved), "-o", str(unregistered), *common]) == 0
+    wrong = nib.load(str(unregistered)).get_fdata()
+    # registered: close to the aligned fusion; without registration: clearly off
+    assert np.abs(fused - truth).mean() < 0.25 * np.abs(wrong - truth).mean()
+
+
+def test_failed_registration_writes_nothing(small_head, tmp_path, capsys):
+    from monai_emma.cli import main
+
+    noise = tmp_path / "noise.nii.gz"
+    mri_img = nib.load(str(small_head["mri"]))
+    nib.save(
+        nib.Nifti1Image(
+            np.random.default_rng(1).random((30, 30, 20)).astype(np.float32), mri_img.affine @ np.diag([2, 2, 2, 1])
+        ),
+        noise,
+    )
+    out = tmp_path / "out" / "fused.nii.gz"
+    code = main(
+        [
+            "fuse",
+            str(small_head["mri"]),
+            str(noise),
+            "-o",
+            str(out),
+            "--register",
+            "rigid",
+            "--modality",
+            "pet",
+            "--quiet",
+        ]
+    )
+    assert code != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "registration" in err[0]
+    assert not out.parent.exists() or not any(out.parent.iterdir())
+
+
+def test_register_refuses_2d_images(phantom_root, tmp_path, capsys):
+    from monai_emma.cli import main
+
+    a, b = phantom_root / "MRI_CT" / "MRI" / "2.png", phantom_root / "MRI_CT" / "CT" / "2.png"
+    assert main(["fuse", str(a), str(b), "-o", str(tmp_path / "f.png"), "--register", "rigid"]) != 0
+    assert "--register is for volumes" in capsys.readouterr().err
+    assert not (tmp_path / "f.png").exists()
