@@ -69,7 +69,8 @@ def phantom(net) -> dict:
                 r = fuse_volumes(files["mri"], files[other], model=net, modality=other, precision="fp32")
             stacks = [to_display(v, r.anatomical.affine) for v in (r.fused, r.anatomical_scaled, r.other_scaled)]
             f, a, b = (np.asarray(s, np.float32) for s in stacks)
-            keep = [k for k in range(f.shape[-1]) if (a[..., k] > 0.05).mean() > 0.05 and (b[..., k] > 0.05).mean() > 0.02]
+            content = ((a > 0.05).mean(axis=(0, 1)) > 0.05) & ((b > 0.05).mean(axis=(0, 1)) > 0.02)
+            keep = [k for k in range(f.shape[-1]) if content[k]]
             rows: dict[str, list] = {"emma": [], **{x: [] for x in RULES}}
             for k in keep[::4]:
                 rows["emma"].append(_scores(f[..., k], a[..., k], b[..., k]))

@@ -138,6 +138,9 @@ class LoadFusionPaird(MapTransform):
             from monai_emma.fuse2d import luminance
 
             for v in (a, b):
+                if v.source_range is not None:
+                    lo, hi, bits = v.source_range
+                    notes.append(f"{v.path.name}: {bits}-bit image scaled by its own range [{lo:g}, {hi:g}]")
                 if float(v.array.max()) > 255:
                     raise FusionError(f"{v.path}: more than 8 bits per sample; convert to 8-bit or use NIfTI")
             b_img = self._same_size(a, b)

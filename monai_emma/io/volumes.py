@@ -61,6 +61,8 @@ VOLUME_SUFFIXES = {
     ".v": "ecat",
     ".nrrd": "nrrd",
     ".nhdr": "nrrd",
+    ".par": "parrec",
+    ".rec": "parrec",
 }
 _FORMAT_NAMES = {
     "nifti": "NIfTI",
@@ -69,6 +71,7 @@ _FORMAT_NAMES = {
     "minc": "MINC",
     "ecat": "ECAT",
     "nrrd": "NRRD",
+    "parrec": "Philips PAR/REC",
 }
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -108,6 +111,8 @@ class Volume:
         nonfinite: how many voxels are NaN or infinite ("no data", e.g. outside the field of view
             of a resampled volume); they stay in ``array`` and count as empty downstream.
         headers: the DICOM headers (no pixels), one per slice in InstanceNumber order.
+        source_range: 2D images of more than 8 bits: ``(min, max, bits)`` of the file, the range
+            that became 0-255.
     """
 
     array: np.ndarray
@@ -119,6 +124,7 @@ class Volume:
     series_uid: str = ""
     nonfinite: int = 0
     headers: list = field(default_factory=list, repr=False)
+    source_range: tuple[float, float, int] | None = None
 
     @property
     def is_3d(self) -> bool:
@@ -338,6 +344,11 @@ def _read_nibabel(path: Path, kind: str) -> Volume:
     the file's scaling applied, the voxel-to-RAS affine nibabel reports."""
     import nibabel as nib
 
+    if kind == "parrec" and path.suffix.lower() == ".rec":  # nibabel opens the pair by its header
+        header = [p for p in (path.with_suffix(".PAR"), path.with_suffix(".par")) if p.is_file()]
+        if not header:
+            raise VolumeReadError(f"{path}: no PAR header beside this REC file ({path.stem}.PAR)")
+        path = header[0]
     try:
         img = nib.ecat.load(str(path)) if kind == "ecat" else nib.load(str(path))
         array = np.asarray(img.get_fdata(dtype=np.float32))
@@ -369,10 +380,10 @@ def _read_image2d(path: Path) -> Volume:
     from monai_emma.transforms.io import LoadPairedSliced, SliceReadError
 
     try:
-        array = LoadPairedSliced("img")({"img": str(path)})["img"]
+        d = LoadPairedSliced("img")({"img": str(path)})
     except SliceReadError as err:
         raise VolumeReadError(str(err)) from err
-    return Volume(array, np.eye(4), path, "image2d")
+    return Volume(d["img"], np.eye(4), path, "image2d", source_range=d.get("img_source_range"))
 
 
 def read_volume(path: str | os.PathLike, series_uid: str | Sequence[str] | None = None) -> Volume:

@@ -110,3 +110,52 @@ def test_nan_outside_the_field_of_view_is_no_data(tmp_path):
     nib.save(nib.Nifti1Image(np.full((4, 4, 4), np.nan, np.float32), affine), str(tmp_path / "void.nii.gz"))
     with pytest.raises(VolumeReadError, match="no finite voxel"):
         read_volume(tmp_path / "void.nii.gz")
+
+
+def _parrec_3d(folder: Path) -> Path:
+    """A single-dynamic PAR/REC made from nibabel's 3-dynamic EPI phantom (its first dynamic)."""
+    src = NIBABEL_DATA / "phantom_EPI_asc_CLEAR_2_1"
+    if not src.with_suffix(".PAR").is_file():
+        pytest.skip("nibabel's PAR/REC test data are not installed")
+    keep = []
+    for line in src.with_suffix(".PAR").read_text(encoding="latin-1").splitlines():
+        fields = line.split()
+        if line.startswith(".") and "Max. number of dynamics" in line:
+            line = line.replace(":   3", ":   1")
+        elif fields and fields[0].isdigit() and fields[2] != "1":
+            continue  # an image line of dynamics 2 and 3
+        keep.append(line)
+    par = folder / "mri.PAR"
+    par.write_text("\n".join(keep) + "\n", encoding="latin-1")
+    par.with_suffix(".REC").write_bytes(src.with_suffix(".REC").read_bytes()[: 9 * 64 * 64 * 2])
+    return par
+
+
+def test_parrec_reads_and_fuses(tmp_path):
+    par = _parrec_3d(tmp_path)
+    full = nib.load(str(NIBABEL_DATA / "phantom_EPI_asc_CLEAR_2_1.PAR"))
+    for path in (par, par.with_suffix(".REC")):  # either file of the pair
+        vol = read_volume(path)
+        assert vol.kind == "parrec" and vol.array.shape == (64, 64, 9)
+        np.testing.assert_allclose(vol.array, full.get_fdata()[..., 0], rtol=1e-5)
+        np.testing.assert_allclose(vol.affine, full.affine, atol=1e-5)
+    pet = tmp_path / "pet.nii.gz"
+    nib.save(nib.Nifti1Image(np.roll(vol.array, 2, 0), vol.affine), str(pet))
+    assert fuse_volumes(par, pet, model=PickChannel(0), modality="pet").fused.shape == (64, 64, 9)
+
+
+def test_broken_parrec_is_one_line(tmp_path):
+    par = _parrec_3d(tmp_path)
+    rec = par.with_suffix(".REC")
+    rec.write_bytes(rec.read_bytes()[:1000])  # truncated pixel data
+    with pytest.raises(VolumeReadError, match=r"mri\.PAR: not a readable Philips PAR/REC file"):
+        read_volume(par)
+    rec.unlink()
+    with pytest.raises(VolumeReadError, match="mri.PAR: not a readable Philips PAR/REC file"):
+        read_volume(par)
+    par.unlink()
+    rec.write_bytes(b"\0" * 100)
+    with pytest.raises(VolumeReadError, match="no PAR header beside this REC file"):
+        read_volume(rec)
+    with pytest.raises(VolumeReadError, match=r"4D series are not fused"):
+        read_volume(NIBABEL_DATA / "phantom_EPI_asc_CLEAR_2_1.PAR")
