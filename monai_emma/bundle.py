@@ -31,6 +31,8 @@ import torch
 __all__ = [
     "bundle_root",
     "sample_dataset",
+    "BundleInputError",
+    "input_error",
     "FusionJob",
     "fusion_jobs",
     "fusion_datalist",
@@ -82,12 +84,32 @@ def bundle_root() -> str:
     return str(Path(__file__).resolve().parents[1] / "bundles" / "emma")
 
 
+class BundleInputError(FileNotFoundError):
+    """A bundle id points at input that is not there (a dataset folder, data to fuse)."""
+
+
+def _running_bundle_cli() -> bool:
+    """True under ``python -m monai.bundle`` (also through torchrun), where MONAI would bury an
+    input error under a long traceback ending in "Failed to evaluate ConfigExpression"."""
+    main = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
+    return main.name == "__main__.py" and main.parent.name == "bundle" and main.parent.parent.name == "monai"
+
+
+def input_error(message: str) -> BundleInputError:
+    """The error for bad input named by a bundle id: raised as it is from Python, and as a one-line
+    exit (``monai-emma bundle: error: ...``, status 2) under ``python -m monai.bundle``."""
+    if _running_bundle_cli():
+        print(f"monai-emma bundle: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+    return BundleInputError(message)
+
+
 def sample_dataset(dataset_dir: str | None, output_dir: str, spacing: float = 2.0, seed: int = 0) -> str:
     """``dataset_dir`` when given; otherwise the phantom head written once (NIfTI and DICOM) to
     ``<output_dir>/sample`` at ``spacing`` mm."""
     if dataset_dir:
         if not Path(dataset_dir).exists():
-            raise FileNotFoundError(f"{dataset_dir}: no such dataset folder")
+            raise input_error(f"{dataset_dir}: no such dataset folder (--dataset_dir)")
         return str(dataset_dir)
     from monai_emma.data.phantom import write_phantom_dicom, write_phantom_nifti
 
@@ -164,7 +186,7 @@ def fusion_jobs(dataset_dir: str | os.PathLike) -> list[FusionJob]:
             FusionJob(f"{p.pair}/{p.stem}", str(p.a), str(p.b), p.b_modality, "slices") for p in pairs if p.b_modality
         ]
     if not jobs:
-        raise FileNotFoundError(f"{root}: nothing to fuse (no mri + ct/pet/spect volumes, no 2D pair folders)")
+        raise input_error(f"{root}: nothing to fuse (no mri + ct/pet/spect volumes, no 2D pair folders)")
     return jobs
 
 
@@ -230,6 +252,10 @@ class FusionSummary:
 def training_root(dataset_dir: str | list[str] | None, output_dir: str, pairs_per_modality: int = 8) -> str | list[str]:
     """``dataset_dir`` (one root, or a list of roots) when given; otherwise a small Harvard-style
     set of 2D phantom pairs (MRI-CT, MRI-PET, MRI-SPECT) written once to ``<output_dir>/sample_pairs``."""
+    roots = list(dataset_dir) if isinstance(dataset_dir, list | tuple) else [dataset_dir] if dataset_dir else []
+    for root in roots:
+        if not Path(root).is_dir():
+            raise input_error(f"{root}: no such dataset folder (--dataset_dir)")
     if isinstance(dataset_dir, list | tuple):
         return [str(d) for d in dataset_dir]
     if dataset_dir:

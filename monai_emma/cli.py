@@ -230,6 +230,26 @@ def _parse_range(text: str | None, flag: str) -> tuple[float, float] | None:
     return lo, hi
 
 
+def _series_per_input(args: argparse.Namespace):
+    """The --series-uid values for each input: one study folder given twice with two UIDs reads
+    the first as the anatomical series and the second as the other; otherwise both get them all."""
+    uids = list(args.series_uid or [])
+    same = Path(args.anatomical).resolve() == Path(args.other).resolve()
+    if same and Path(args.anatomical).is_dir():
+        if len(uids) == 2:
+            return uids[0], uids[1]
+        from monai_emma.io.volumes import list_dicom_series
+
+        series = list_dicom_series(args.anatomical)
+        if len(series) > 1:
+            listing = "; ".join(s.summary() for s in series.values())
+            raise CLIError(
+                f"{args.anatomical} given for both inputs holds {len(series)} series: give two --series-uid, "
+                f"the anatomical series first: {listing}"
+            )
+    return uids or None, uids or None
+
+
 def _window(text: str | None, flag: str):
     """A CT window rule from a preset or LOW,HIGH, or None."""
     from monai_emma.transforms.intensity import ct_window
@@ -275,9 +295,22 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
         raise CLIError(f"{out}: output exists (use --overwrite to replace it)")
     if args.report and Path(args.report).exists() and not args.overwrite:
         raise CLIError(f"{args.report}: output exists (use --overwrite to replace it)")
+    from monai_emma.io.outputs import check_output
+    from monai_emma.io.volumes import input_kind
+    from monai_emma.transforms.colour import COLORMAPS
     from monai_emma.transforms.registration import check_registration
 
-    check_registration(args.register)  # SimpleITK present: before anything is loaded
+    # everything that can be checked before anything is loaded (a volume takes seconds to fuse)
+    check_registration(args.register)  # SimpleITK present
+    for flag, name in (("--colormap", args.colormap), ("--overlay-colormap", args.overlay_colormap)):
+        if name and name not in COLORMAPS:
+            raise CLIError(f"{flag} {name!r}: unknown colour map; choose one of {', '.join(COLORMAPS)}")
+    try:
+        kinds = [input_kind(p) for p in (args.anatomical, args.other)]
+        check_output(out, fmt, "image2d" not in kinds, kinds[0])
+    except (ValueError, VolumeReadError) as err:
+        raise CLIError(str(err)) from err
+    a_series, b_series = _series_per_input(args)
     pct = _parse_range(args.percentiles, "--percentiles")
     mri_pct = _parse_range(args.mri_percentiles, "--mri-percentiles")
     if args.window and pct:
@@ -293,8 +326,8 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     a_rule = _window(args.anatomical_window, "--anatomical-window") or a_rule
     net, source = _load_model(args)
     try:
-        a = read_volume(args.anatomical, args.series_uid)
-        b = read_volume(args.other, args.series_uid)
+        a = read_volume(args.anatomical, a_series)
+        b = read_volume(args.other, b_series)
         if a.is_3d or b.is_3d:
             result = fuse_volumes(
                 a,

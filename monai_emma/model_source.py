@@ -81,9 +81,27 @@ def _from_bundle(bundle: Path, map_location) -> torch.nn.Module:
     return _from_file(model, map_location)
 
 
+def _check_registry(uri: str, tracking_uri: str | None) -> None:
+    """A registry URI needs to know its registry, and an SQLite registry must exist: otherwise
+    MLflow would create an empty ``mlflow.db`` (in the working folder by default) and then fail."""
+    if uri.split(":", 1)[0] not in ("models", "runs"):
+        return  # a model folder or file URI
+    tracking = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not tracking:
+        raise ModelSourceError(
+            f"{uri}: say which MLflow registry holds it: --tracking-uri URI "
+            "(e.g. sqlite:///emma-runs/mlflow.db or http://host:5000) or MLFLOW_TRACKING_URI"
+        )
+    if tracking.startswith("sqlite:///"):
+        db = Path(tracking[len("sqlite:///") :])
+        if not db.is_file():
+            raise ModelSourceError(f"{uri}: no MLflow database at {db} (--tracking-uri {tracking})")
+
+
 def _from_mlflow(uri: str, tracking_uri: str | None, map_location) -> torch.nn.Module:
     from monai_emma.extras import require
 
+    _check_registry(uri, tracking_uri)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     mlflow = require("mlflow", f"loading {uri}")
 

@@ -270,3 +270,23 @@ def test_verify_net_in_out_and_pt2_export(tmp_path):
     x = torch.rand(2, 2, 40, 64)  # another batch and size than the export example
     with torch.no_grad():
         assert (program(x) - net(x)).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("config", ["inference.json", "train_fuser.json"])
+def test_wrong_dataset_dir_is_one_line(config, tmp_path):
+    """Under `python -m monai.bundle` a missing --dataset_dir is one line and status 2, not a
+    traceback ending in "Failed to evaluate ConfigExpression"; from Python it is an exception."""
+    missing = tmp_path / "nope"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / config)]
+    cmd += ["--dataset_dir", str(missing), "--output_dir", str(tmp_path / "out")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.strip().splitlines()[-1]
+        == f"monai-emma bundle: error: {missing}: no such dataset folder (--dataset_dir)"
+    )
+    assert "Traceback" not in proc.stderr and "ConfigExpression" not in proc.stderr
+    from monai_emma.bundle import BundleInputError, sample_dataset
+
+    with pytest.raises(BundleInputError, match="no such dataset folder"):
+        sample_dataset(str(missing), str(tmp_path))

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -230,3 +231,64 @@ def test_subprocess_smoke(phantom_volume_files, tmp_path):
     assert "note: modality ct" in proc.stderr and out.is_file()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "output exists" in proc.stderr
+
+
+def test_one_study_folder_with_both_series(phantom_volume_files, weights, tmp_path, capsys):
+    """A PACS export: MR and CT series in one folder, chosen by two --series-uid (anatomical first)."""
+    import shutil
+
+    from monai_emma.io.volumes import list_dicom_series
+
+    dicom = phantom_volume_files["dicom"]
+    study = tmp_path / "study"
+    study.mkdir()
+    for mod in ("mri", "ct"):
+        for f in Path(dicom[mod]).iterdir():
+            shutil.copy(f, study / f"{mod}_{f.name}")
+    uids = {s.modality: uid for uid, s in list_dicom_series(study).items()}
+    common = ["--weights", str(weights), "--quiet", "--precision", "fp32"]
+    out, ref = tmp_path / "study.nii.gz", tmp_path / "ref.nii.gz"
+    argv = ["fuse", str(study), str(study), "-o", str(out), "--series-uid", uids["MR"], "--series-uid", uids["CT"]]
+    assert main([*argv, *common]) == 0
+    assert main(["fuse", str(dicom["mri"]), str(dicom["ct"]), "-o", str(ref), *common]) == 0
+    np.testing.assert_array_equal(nib.load(str(out)).get_fdata(), nib.load(str(ref)).get_fdata())
+    capsys.readouterr()
+    assert main(["fuse", str(study), str(study), "-o", str(tmp_path / "x.nii.gz"), *common]) == 2
+    assert "give two --series-uid, the anatomical series first" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra,expect",
+    [
+        (["--colormap", "foo"], "--colormap 'foo': unknown colour map"),
+        (["--overlay-colormap", "bar"], "--overlay-colormap 'bar': unknown colour map"),
+        (["--output-format", "dicom"], "DICOM output needs a DICOM anatomical series"),
+    ],
+)
+def test_impossible_options_are_refused_before_loading(phantom_volume_files, tmp_path, capsys, extra, expect):
+    """Checked before anything is read: the weights file does not exist and the PET is not even
+    a readable file, yet the error is about the option."""
+    nifti = phantom_volume_files["nifti"]
+    broken = tmp_path / "pet.nii.gz"
+    broken.write_bytes(b"not a nifti")
+    out = tmp_path / "out" / "fused.nii.gz"
+    argv = ["fuse", str(nifti["mri"]), str(broken), "-o", str(out), "--weights", str(tmp_path / "none.pt"), *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert expect in err and "none.pt" not in err and not out.parent.exists()
+    png = tmp_path / "fused.png"
+    assert main(["fuse", str(nifti["mri"]), str(broken), "-o", str(png), "--weights", str(tmp_path / "none.pt")]) == 2
+    assert "PNG output is for 2D inputs" in capsys.readouterr().err
+
+
+def test_model_uri_without_a_registry_creates_nothing(phantom_root, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("mlflow")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    a, b = phantom_root / "MRI_CT" / "MRI" / "2.png", phantom_root / "MRI_CT" / "CT" / "2.png"
+    argv = ["fuse", str(a), str(b), "-o", "f.png", "--model-uri", "models:/emma-ufuser@candidate"]
+    assert main(argv) == 2
+    assert "--tracking-uri" in capsys.readouterr().err
+    assert main([*argv, "--tracking-uri", "sqlite:///nowhere/mlflow.db"]) == 2
+    assert "no MLflow database at nowhere/mlflow.db" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -174,7 +174,8 @@ class PhantomVolume:
     Attributes:
         modality: ``"mri"``, ``"ct"``, ``"pet"`` or ``"spect"``.
         array: float32 volume of shape (X, Y, Z) in the modality's units (MRI: T1-like arbitrary units, CT:
-            Hounsfield units, PET: activity, SPECT: counts); axis order is the voxel index (i, j, k) of ``affine``.
+            Hounsfield units, PET: SUV (the DICOM series stores Bq/ml of an SUV study), SPECT: counts); axis
+            order is the voxel index (i, j, k) of ``affine``.
         affine: 4x4 float64 matrix from voxel index (i, j, k, 1) to world RAS+ millimetres (NIfTI convention).
 
     Example:
@@ -464,6 +465,38 @@ def _ds(value: float) -> str:
     raise ValueError(f"cannot write {value} as a DICOM decimal string")
 
 
+#: the PET series is a body-weight SUV study: 370 MBq of FDG (F-18) injected at 11:00, a 70 kg
+#: patient, the series at 12:00, decay-corrected to its start. The phantom's PET values are SUVs;
+#: the files store them as activity concentration (Bq/ml), so ``--suv`` gives them back.
+_PET_STUDY = {"weight_kg": 70.0, "dose_bq": 370e6, "half_life_s": 6586.2, "injection": "110000"}
+
+
+def _bqml_per_suv() -> float:
+    """Bq/ml per SUV unit for :data:`_PET_STUDY` (the dose decayed over the hour before the series)."""
+    s = _PET_STUDY
+    decayed = s["dose_bq"] * 2.0 ** (-3600.0 / s["half_life_s"])
+    return decayed / (s["weight_kg"] * 1000.0)
+
+
+def _pet_tags(ds) -> None:
+    """The tags of a body-weight SUV PET study (:data:`_PET_STUDY`)."""
+    from pydicom.dataset import Dataset
+
+    s = _PET_STUDY
+    ds.Units = "BQML"
+    ds.DecayCorrection = "START"
+    ds.CorrectedImage = ["DECY", "ATTN"]
+    ds.PatientWeight = _ds(s["weight_kg"])
+    ds.AcquisitionTime = _STUDY_TIME
+    radio = Dataset()
+    radio.Radiopharmaceutical = "Fluorodeoxyglucose"
+    radio.RadiopharmaceuticalStartTime = s["injection"]
+    radio.RadiopharmaceuticalStartDateTime = _STUDY_DATE + s["injection"]
+    radio.RadionuclideTotalDose = _ds(s["dose_bq"])
+    radio.RadionuclideHalfLife = _ds(s["half_life_s"])
+    ds.RadiopharmaceuticalInformationSequence = [radio]
+
+
 def _stored_values(vol: PhantomVolume) -> tuple[np.ndarray, float, bool]:
     """16-bit stored values, rescale slope (intercept 0) and signedness: CT int16 HU, else uint16 up to ~60000."""
     if vol.modality == "ct":
@@ -491,6 +524,8 @@ def _write_series(vol: PhantomVolume, folder: Path, uids: dict[str, str], entrop
     dc, dr, dz = (float(np.linalg.norm(v)) for v in (col_step, row_step, slice_step))
     row_cosine, col_cosine = col_step / dc, row_step / dr  # along a row (columns increase), along a column
     normal = np.cross(row_cosine, col_cosine)  # slice positions along it grow with k since det > 0
+    if vol.modality == "pet":  # stored as Bq/ml of an SUV study
+        vol = PhantomVolume(vol.modality, (vol.array * _bqml_per_suv()).astype(np.float32), vol.affine)
     stored, slope, signed = _stored_values(vol)
     dicom_modality, sop_class, series_number, description = _DICOM_SERIES[vol.modality]
     if vol.modality == "ct":
@@ -549,6 +584,8 @@ def _write_series(vol: PhantomVolume, folder: Path, uids: dict[str, str], entrop
         ds.RescaleSlope = _ds(slope)
         if vol.modality == "ct":
             ds.RescaleType = "HU"
+        if vol.modality == "pet":
+            _pet_tags(ds)
         ds.WindowCenter, ds.WindowWidth, ds.WindowCenterWidthExplanation = centres, widths, explanation
         ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()  # (Rows, Columns) = (Y, X)
         path = folder / f"{k + 1:04d}.dcm"

@@ -22,6 +22,7 @@ __all__ = [
     "preview_slices",
     "save_preview",
     "write_fusion",
+    "check_output",
     "OUTPUT_FORMATS",
 ]
 
@@ -45,6 +46,23 @@ def output_format(path: str | os.PathLike, requested: str | None = None) -> str:
     if name.endswith((".nii", ".nii.gz")):
         return "nifti"
     raise ValueError(f"{path}: cannot tell the output format from the name; use .png, .nii.gz or --output-format dicom")
+
+
+def check_output(output: str | os.PathLike, fmt: str, is_3d: bool, anatomical_kind: str) -> None:
+    """That an output format fits the inputs, checkable before anything is read (``input_kind``).
+
+    Raises:
+        ValueError: PNG for volumes, NIfTI or DICOM for 2D images, DICOM without a DICOM
+            anatomical series.
+    """
+    if is_3d and fmt == "png":
+        raise ValueError(f"{output}: PNG output is for 2D inputs; use .nii.gz or --output-format dicom for volumes")
+    if not is_3d and fmt != "png":
+        raise ValueError(f"{output}: 2D inputs are written as PNG")
+    if fmt == "dicom" and anatomical_kind != "dicom":
+        raise ValueError(
+            f"{output}: DICOM output needs a DICOM anatomical series (the anatomical input is {anatomical_kind})"
+        )
 
 
 def rendering_path(output: str | os.PathLike, fmt: str, label: str) -> Path:
@@ -165,12 +183,7 @@ def write_fusion(
 
     fmt = output_format(output, fmt)
     a = result.anatomical
-    if result.is_3d and fmt == "png":
-        raise ValueError(f"{output}: PNG output is for 2D inputs; use .nii.gz or --output-format dicom for volumes")
-    if not result.is_3d and fmt != "png":
-        raise ValueError(f"{output}: 2D inputs are written as PNG")
-    if fmt == "dicom" and a.kind != "dicom":
-        raise ValueError(f"{output}: DICOM output needs a DICOM anatomical series ({a.path} is {a.kind})")
+    check_output(output, fmt, result.is_3d, a.kind)
     targets = {"fused": Path(output)}
     renderings: dict[str, np.ndarray] = {}
     grey = None

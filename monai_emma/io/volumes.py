@@ -288,6 +288,11 @@ def _read_dicom(path: Path, series_uid: str | Sequence[str] | None) -> Volume:
         listing = "; ".join(s.summary() for s in series.values())
         if len(matches) == 1:
             chosen = matches[0]
+        elif len(matches) > 1:
+            raise VolumeReadError(
+                f"{path}: {len(matches)} of the given series are here ({', '.join(m.uid for m in matches)}); "
+                "for one study folder give it twice, the anatomical --series-uid first, then the other"
+            )
         elif len(series) == 1 and not (isinstance(series_uid, str) and series_uid):
             chosen = next(iter(series.values()))
         elif isinstance(series_uid, str) and series_uid:

@@ -156,3 +156,25 @@ def test_cli_suv_errors_in_one_line_and_writes_nothing(tmp_path, capsys):
     assert main(["fuse", str(pet), str(pet), "-o", str(out), "--modality", "pet", "--suv", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no SUV: PatientWeight missing" in err and not out.exists()
+
+
+def test_the_sample_pet_is_a_body_weight_suv_study(phantom_volume_files, tmp_path):
+    """The documented example runs on the shipped sample: its PET DICOM carries the tags of a
+    real SUV study, and --suv gives back the phantom's uptake in SUV."""
+    from monai_emma.cli import main
+
+    dicom, nifti = phantom_volume_files["dicom"], phantom_volume_files["nifti"]
+    out = tmp_path / "fused.nii.gz"
+    assert (
+        main(["fuse", str(dicom["mri"]), str(dicom["pet"]), "-o", str(out), "--suv", "--window", "0,8", "--quiet"]) == 0
+    )
+    from monai_emma.io.suv import suv_info
+    from monai_emma.io.volumes import read_volume
+
+    pet = read_volume(dicom["pet"])
+    info = suv_info(pet.headers)
+    assert info.weight_kg == 70 and info.decay_correction == "START"
+    import nibabel as nib
+
+    suv = nib.load(str(nifti["pet"])).get_fdata()
+    assert np.abs(pet.array * info.factor - suv).max() < 1e-3 * suv.max()
