@@ -39,7 +39,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["monai_emma", "monai_emma.*"]),
     include_package_data=True,
-    package_data={"monai_emma": ["weights/*.pt", "weights/*.json"]},
+    package_data={"monai_emma": ["weights/*.pt", "weights/*.json", "viewer/*.html"]},
     cmdclass={"build_py": BuildWithBundleModels},
     install_requires=[
         "torch>=2.4",
@@ -72,6 +72,8 @@ setup(
             # the literature's reference evaluator, timed by benchmarks/bench_metrics.py
             "scikit-image>=0.22",
             "scikit-learn>=1.3",
+            # drives the OS's Chromium in the viewer's browser tests (they skip without Chromium)
+            "playwright>=1.40",
         ],
     },
     entry_points={"console_scripts": ["monai-emma=monai_emma.cli:main"]},

@@ -286,13 +286,18 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     from monai_emma.io.volumes import VolumeReadError, read_volume
     from monai_emma.transforms.intensity import IntensityRule
 
+    view_only = getattr(args, "view_only", False)  # `monai-emma view`: the viewer page is the output
+    html_path = Path(args.output) if view_only else (Path(args.html) if args.html else None)
+    if html_path is not None and html_path.suffix.lower() not in (".html", ".htm"):
+        raise CLIError(f"{html_path}: the viewer page is an .html file")
     try:
-        fmt = output_format(args.output, args.output_format)
+        fmt = None if view_only else output_format(args.output, args.output_format)
     except ValueError as err:
         raise CLIError(str(err)) from err
     out = Path(args.output)
-    if out.exists() and not args.overwrite:
-        raise CLIError(f"{out}: output exists (use --overwrite to replace it)")
+    for target in {out, *([html_path] if html_path else [])}:
+        if target.exists() and not args.overwrite:
+            raise CLIError(f"{target}: output exists (use --overwrite to replace it)")
     if args.report and Path(args.report).exists() and not args.overwrite:
         raise CLIError(f"{args.report}: output exists (use --overwrite to replace it)")
     from monai_emma.io.outputs import check_output
@@ -307,7 +312,8 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
             raise CLIError(f"{flag} {name!r}: unknown colour map; choose one of {', '.join(COLORMAPS)}")
     try:
         kinds = [input_kind(p) for p in (args.anatomical, args.other)]
-        check_output(out, fmt, "image2d" not in kinds, kinds[0])
+        if fmt is not None:
+            check_output(out, fmt, "image2d" not in kinds, kinds[0])
     except (ValueError, VolumeReadError) as err:
         raise CLIError(str(err)) from err
     a_series, b_series = _series_per_input(args)
@@ -364,12 +370,25 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
         style = None
         if args.overlay:
             style = OverlayStyle(args.overlay_colormap, args.overlay_threshold, args.overlay_opacity)
-        report = fidelity_report(result) if args.report else None  # before writing: no half-written outputs
-        files = write_fusion(
-            result, out, fmt=fmt, colormap=args.colormap, preview=args.preview, overwrite=args.overwrite, overlay=style
-        )
-        if report is not None:
+        # everything computed before anything is written: no half-written outputs
+        report = fidelity_report(result) if args.report or html_path else None
+        page = None
+        if html_path is not None:
+            from monai_emma.viewer import viewer_html
+
+            page = viewer_html(result, report)
+        files = {}
+        if not view_only:
+            options = {"colormap": args.colormap, "preview": args.preview, "overlay": style}
+            files = write_fusion(result, out, fmt=fmt, overwrite=args.overwrite, **options)
+        if args.report:
             files["report"] = write_report(report, args.report)
+        if page is not None:
+            from monai_emma.io.atomic import atomic_path
+
+            with atomic_path(html_path) as tmp:
+                tmp.write_text(page, encoding="utf-8")
+            files["viewer"] = html_path
     except (VolumeReadError, FusionError, FileExistsError, ValueError) as err:
         raise CLIError(str(err)) from err
     for note in result.notes:
@@ -381,6 +400,80 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     if report is not None:
         print(report_line(report))
     return 0
+
+
+def _add_fuse_arguments(p: argparse.ArgumentParser, view: bool = False) -> None:
+    """The arguments of ``fuse`` and ``view`` (which writes the viewer page instead of images)."""
+    p.add_argument("anatomical", help="MRI: PNG/JPEG/BMP/TIFF, .nii/.nii.gz, a DICOM file or a DICOM series folder")
+    p.add_argument("other", help="CT, PET, SPECT or infrared, in any of the same formats")
+    if view:
+        p.add_argument("--output", "-o", required=True, help="the viewer page: a .html file")
+    else:
+        p.add_argument("--output", "-o", required=True, help=".png (2D), .nii/.nii.gz (3D) or a folder (DICOM)")
+        p.add_argument("--output-format", choices=["png", "nifti", "dicom"], help="default: from the --output suffix")
+        p.add_argument(
+            "--html", help="also write the viewer page (one offline HTML file: views, sliders, fidelity chart)"
+        )
+    p.add_argument("--modality", choices=["ct", "pet", "spect", "ir"], help="second modality (default: guessed)")
+    p.add_argument("--series-uid", action="append", help="SeriesInstanceUID to read from a folder of several series")
+    p.add_argument(
+        "--window",
+        help="intensity window of the second modality: LOW,HIGH (CT default: -100,300 HU; PET in SUV: e.g. 0,8) "
+        "or a CT preset (head, brain, subdural, soft-tissue, lung, bone)",
+    )
+    p.add_argument(
+        "--anatomical-modality",
+        choices=["mri", "ct"],
+        help="the anatomical (base) image: mri, or ct for PET/CT and SPECT/CT (default: from DICOM Modality "
+        "or Hounsfield values)",
+    )
+    p.add_argument(
+        "--anatomical-window",
+        help="CT base only: window LOW,HIGH in HU or a preset (head, brain, subdural, soft-tissue, lung, bone; "
+        "default head: -100,300)",
+    )
+    suv = p.add_mutually_exclusive_group()
+    suv.add_argument(
+        "--suv",
+        dest="suv",
+        action="store_const",
+        const="on",
+        default="auto",
+        help="PET DICOM in body-weight SUV, or an error naming the missing tag (default: when the tags allow)",
+    )
+    suv.add_argument("--no-suv", dest="suv", action="store_const", const="off", help="keep PET in stored units")
+    p.add_argument("--percentiles", help="foreground percentiles LOW,HIGH of the second modality (PET/SPECT: 0,99.5)")
+    p.add_argument("--mri-percentiles", help="foreground percentiles LOW,HIGH of the anatomical image (0.5,99.5)")
+    p.add_argument("--colormap", help="also write a colour rendering (hot, jet, inferno, magma, viridis, turbo…)")
+    p.add_argument("--preview", help="also write a PNG montage of sources and fused slices")
+    p.add_argument(
+        "--overlay",
+        action="store_true",
+        help="also write a viewer-style overlay: the fusion in grey, PET/SPECT in colour above a threshold",
+    )
+    p.add_argument(
+        "--overlay-threshold",
+        type=float,
+        help="no colour below this value of the second modality, in its units (SUV when converted; "
+        "default: SUV 2.5, or 30%% of its window)",
+    )
+    p.add_argument("--overlay-opacity", type=float, default=0.5, help="colour weight where drawn (default 0.5)")
+    p.add_argument("--overlay-colormap", default="hot", help="colour map of the overlay (default hot)")
+    p.add_argument("--report", help="also write a per-slice fidelity report (JSON): where a modality is lost")
+    _add_model_options(p)
+    p.add_argument("--batch-size", type=_positive_int, help="slices per network call (default: 4 on CPU, 16 on CUDA)")
+    p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    p.add_argument("--stretch", action="store_true", help="min-max stretch each fused slice (the papers' protocol)")
+    p.add_argument("--resize", action="store_true", help="resize a 2D second image to the anatomical size")
+    p.add_argument(
+        "--register",
+        choices=["none", "rigid", "affine"],
+        default="none",
+        help="align the second volume to the anatomical one first (separate studies; needs "
+        "monai-emma[registration]); default none: the files' coordinates (hybrid scanners)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _positive_int(text: str) -> int:
@@ -536,71 +629,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fuse ANATOMICAL (MRI, visible) with OTHER (CT, PET, SPECT, infrared). Volumes are resampled "
         "onto the anatomical grid and fused slice by slice; the output keeps the anatomical geometry.",
     )
-    fu.add_argument("anatomical", help="MRI: PNG/JPEG/BMP/TIFF, .nii/.nii.gz, a DICOM file or a DICOM series folder")
-    fu.add_argument("other", help="CT, PET, SPECT or infrared, in any of the same formats")
-    fu.add_argument("--output", "-o", required=True, help=".png (2D), .nii/.nii.gz (3D) or a folder (DICOM)")
-    fu.add_argument("--output-format", choices=["png", "nifti", "dicom"], help="default: from the --output suffix")
-    fu.add_argument("--modality", choices=["ct", "pet", "spect", "ir"], help="second modality (default: guessed)")
-    fu.add_argument("--series-uid", action="append", help="SeriesInstanceUID to read from a folder of several series")
-    fu.add_argument(
-        "--window",
-        help="intensity window of the second modality: LOW,HIGH (CT default: -100,300 HU; PET in SUV: e.g. 0,8) "
-        "or a CT preset (head, brain, subdural, soft-tissue, lung, bone)",
-    )
-    fu.add_argument(
-        "--anatomical-modality",
-        choices=["mri", "ct"],
-        help="the anatomical (base) image: mri, or ct for PET/CT and SPECT/CT (default: from DICOM Modality "
-        "or Hounsfield values)",
-    )
-    fu.add_argument(
-        "--anatomical-window",
-        help="CT base only: window LOW,HIGH in HU or a preset (head, brain, subdural, soft-tissue, lung, bone; "
-        "default head: -100,300)",
-    )
-    suv = fu.add_mutually_exclusive_group()
-    suv.add_argument(
-        "--suv",
-        dest="suv",
-        action="store_const",
-        const="on",
-        default="auto",
-        help="PET DICOM in body-weight SUV, or an error naming the missing tag (default: when the tags allow)",
-    )
-    suv.add_argument("--no-suv", dest="suv", action="store_const", const="off", help="keep PET in stored units")
-    fu.add_argument("--percentiles", help="foreground percentiles LOW,HIGH of the second modality (PET/SPECT: 0,99.5)")
-    fu.add_argument("--mri-percentiles", help="foreground percentiles LOW,HIGH of the anatomical image (0.5,99.5)")
-    fu.add_argument("--colormap", help="also write a colour rendering (hot, jet, inferno, magma, viridis, turbo…)")
-    fu.add_argument("--preview", help="also write a PNG montage of sources and fused slices")
-    fu.add_argument(
-        "--overlay",
-        action="store_true",
-        help="also write a viewer-style overlay: the fusion in grey, PET/SPECT in colour above a threshold",
-    )
-    fu.add_argument(
-        "--overlay-threshold",
-        type=float,
-        help="no colour below this value of the second modality, in its units (SUV when converted; "
-        "default: SUV 2.5, or 30%% of its window)",
-    )
-    fu.add_argument("--overlay-opacity", type=float, default=0.5, help="colour weight where drawn (default 0.5)")
-    fu.add_argument("--overlay-colormap", default="hot", help="colour map of the overlay (default hot)")
-    fu.add_argument("--report", help="also write a per-slice fidelity report (JSON): where a modality is lost")
-    _add_model_options(fu)
-    fu.add_argument("--batch-size", type=_positive_int, help="slices per network call (default: 4 on CPU, 16 on CUDA)")
-    fu.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
-    fu.add_argument("--stretch", action="store_true", help="min-max stretch each fused slice (the papers' protocol)")
-    fu.add_argument("--resize", action="store_true", help="resize a 2D second image to the anatomical size")
-    fu.add_argument(
-        "--register",
-        choices=["none", "rigid", "affine"],
-        default="none",
-        help="align the second volume to the anatomical one first (separate studies; needs "
-        "monai-emma[registration]); default none: the files' coordinates (hybrid scanners)",
-    )
-    fu.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    fu.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_fuse_arguments(fu)
     fu.set_defaults(func=_cmd_fuse)
+
+    vw = sub.add_parser(
+        "view",
+        help="fuse and write one self-contained HTML viewer (3 planes, sliders, overlay, fidelity chart)",
+        description="Fuse ANATOMICAL with OTHER as `fuse` does and write only the viewer page: the anatomical "
+        "image, the other modality, the fusion and the overlay in linked axial/coronal/sagittal views, with "
+        "the per-slice fidelity chart. It opens offline in any browser.",
+    )
+    _add_fuse_arguments(vw, view=True)
+    vw.set_defaults(func=_cmd_fuse, view_only=True)
 
     ph = sub.add_parser("phantom", help="write the synthetic head as co-registered MRI/CT/PET/SPECT (NIfTI, DICOM)")
     ph.add_argument("output", help="folder; gets nifti/<modality>.nii.gz and dicom/<modality>/ series")

@@ -16,7 +16,7 @@ LAYERS = [
     ("monai_emma.networks",),
     ("monai_emma.transforms", "monai_emma.losses", "monai_emma.metrics", "monai_emma.baselines"),
     ("monai_emma.data", "monai_emma.weights"),
-    ("monai_emma.io", "monai_emma.fuse2d", "monai_emma.inferers", "monai_emma.fidelity"),
+    ("monai_emma.io", "monai_emma.fuse2d", "monai_emma.inferers", "monai_emma.fidelity", "monai_emma.viewer"),
     ("monai_emma.engines", "monai_emma.model_source", "monai_emma.registry", "monai_emma.serving"),
     ("monai_emma.fusion", "monai_emma.evaluation"),
     ("monai_emma.bundle", "monai_emma.pipeline", "monai_emma.cli"),
