@@ -158,6 +158,10 @@ def _cmd_fuse_folder(args: argparse.Namespace) -> int:
     for d in (a_dir, b_dir):
         if not d.is_dir():
             raise CLIError(f"{d}: no such folder")
+    if not list_images(a_dir) and _list_volumes(a_dir):
+        return _fuse_volume_folder(args, a_dir, b_dir, out_dir)
+    if args.register != "none":
+        raise CLIError("--register is for volumes; 2D slices (PNG, ...) are fused as they are aligned")
 
     ia, ib = list_images(a_dir), list_images(b_dir)
     stems = sorted(set(ia) & set(ib))
@@ -215,6 +219,66 @@ def _cmd_fuse_folder(args: argparse.Namespace) -> int:
 
         print(f"wrote report: {write_report(report, args.report)}")
         print(report_line(report, unit="pairs"))
+    return 0
+
+
+def _list_volumes(folder: Path) -> dict[str, Path]:
+    """Volume files of a folder by name without suffix (``sub-01.nii.gz`` -> ``sub-01``), sorted."""
+    from monai_emma.io.volumes import VOLUME_SUFFIXES
+
+    out = {}
+    for p in sorted(folder.iterdir()):
+        name = p.name.lower()
+        suffix = next((s for s in VOLUME_SUFFIXES if name.endswith(s)), None)
+        if p.is_file() and suffix and suffix not in (".img", ".rec"):  # Analyze and PAR/REC by their headers
+            out[p.name[: -len(suffix)]] = p
+    return out
+
+
+def _fuse_volume_folder(args: argparse.Namespace, a_dir: Path, b_dir: Path, out_dir: Path) -> int:
+    """fuse-folder of volumes: ``<stem>.nii.gz`` per pair matched by name (with ``--register``, its
+    ``.tfm`` beside it). Each output is written whole or not at all; a failing pair stops the run
+    with one line, and the pairs before it stay written."""
+    from tqdm.auto import tqdm
+
+    from monai_emma.fusion import FusionError, fuse_volumes
+    from monai_emma.io.outputs import write_fusion
+    from monai_emma.io.volumes import VolumeReadError
+    from monai_emma.transforms.registration import check_registration
+
+    check_registration(args.register)
+    if args.report:
+        raise CLIError("--report of fuse-folder is for 2D pairs; for volumes use fuse --report per pair")
+    va, vb = _list_volumes(a_dir), _list_volumes(b_dir)
+    stems = sorted(set(va) & set(vb))
+    if not stems:
+        raise CLIError(f"{a_dir} and {b_dir}: no volumes with matching names")
+    missing = sorted(set(va) ^ set(vb))
+    if missing:
+        print(f"note: {len(missing)} file(s) without a partner skipped: {', '.join(missing[:5])}", file=sys.stderr)
+    existing = [s for s in stems if (out_dir / f"{s}.nii.gz").exists()]
+    if existing and not args.overwrite:
+        raise CLIError(f"{out_dir}: {len(existing)} output(s) exist, e.g. {existing[0]}.nii.gz (use --overwrite)")
+    net, source = _load_model(args)
+    for stem in tqdm(stems, desc="fuse", disable=args.quiet):
+        try:
+            result = fuse_volumes(
+                va[stem],
+                vb[stem],
+                model=net,
+                modality=args.modality,
+                device=args.device,
+                stretch=args.stretch,
+                zero_empty=not args.no_zero_empty,
+                precision=args.precision,
+                register=args.register,
+            )
+            write_fusion(result, out_dir / f"{stem}.nii.gz", overwrite=args.overwrite)
+        except (VolumeReadError, FusionError, FileExistsError, ValueError) as err:
+            raise CLIError(f"{stem}: {err}") from err
+        if result.registration is not None:
+            tqdm.write(f"{stem}: {result.registration.summary()}", file=sys.stderr)
+    print(f"wrote {len(stems)} fused volume(s) to {out_dir} with {source}")
     return 0
 
 
@@ -663,10 +727,18 @@ def build_parser() -> argparse.ArgumentParser:
     rg.add_argument("--experiment", default="emma", help="MLflow experiment of the logging run (default: emma)")
     rg.set_defaults(func=_cmd_register)
 
-    ff = sub.add_parser("fuse-folder", help="fuse 2D image pairs matched by file name (PNG, JPEG, BMP, TIFF)")
-    ff.add_argument("anatomical_dir", help="folder of anatomical images (MRI, visible)")
+    ff = sub.add_parser(
+        "fuse-folder", help="fuse pairs matched by file name: 2D images (PNG, JPEG, BMP, TIFF) or volumes (NIfTI...)"
+    )
+    ff.add_argument("anatomical_dir", help="folder of anatomical images or volumes (MRI, visible)")
     ff.add_argument("other_dir", help="folder of the other modality (CT, PET, SPECT, infrared)")
-    ff.add_argument("output_dir", help="created if needed; one 8-bit <stem>.png per pair")
+    ff.add_argument("output_dir", help="created if needed; one 8-bit <stem>.png per 2D pair, <stem>.nii.gz per volume")
+    ff.add_argument(
+        "--register",
+        choices=["none", "rigid", "affine"],
+        default="none",
+        help="volumes: align each second volume to its anatomical one first (monai-emma[registration])",
+    )
     ff.add_argument("--modality", choices=["ct", "pet", "spect", "ir"], help="optional; colour comes from the pixels")
     _add_model_options(ff)
     ff.add_argument("--stretch", action="store_true", help="min-max stretch each fused image (the papers' protocol)")

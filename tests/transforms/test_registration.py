@@ -1,6 +1,7 @@
 """Registration before fusion: known rigid misalignments of the phantom are recovered."""
 
 import json
+import re
 
 import nibabel as nib
 import numpy as np
@@ -204,3 +205,41 @@ def test_register_refuses_2d_images(phantom_root, tmp_path, capsys):
     assert main(["fuse", str(a), str(b), "-o", str(tmp_path / "f.png"), "--register", "rigid"]) != 0
     assert "--register is for volumes" in capsys.readouterr().err
     assert not (tmp_path / "f.png").exists()
+
+
+def test_fuse_folder_of_volumes_registers_each_pair(small_head, tmp_path, capsys):
+    """fuse-folder on volume folders: one NIfTI per pair matched by name, each registered with its
+    transform beside it; a broken pair stops the run in one line and the pairs before it stay."""
+    import shutil
+
+    from monai_emma.cli import main
+
+    mri_dir, pet_dir, out = tmp_path / "MRI", tmp_path / "PET", tmp_path / "fused"
+    mri_dir.mkdir(), pet_dir.mkdir()
+    mri, mri_affine = _load(small_head["mri"])
+    pet_img = nib.load(str(small_head["pet"]))
+    centre = (mri_affine @ np.array([*(np.array(mri.shape) - 1) / 2, 1.0]))[:3]
+    for stem, degrees in (("s1", 10.0), ("s2", -8.0)):
+        shutil.copy(small_head["mri"], mri_dir / f"{stem}.nii.gz")
+        moved = _misalign(pet_img.affine, centre, degrees, np.array([0.0, 6.0, 0.0]))
+        nib.save(nib.Nifti1Image(pet_img.get_fdata().astype(np.float32), moved), pet_dir / f"{stem}.nii.gz")
+    common = ["--modality", "pet", "--quiet", "--precision", "fp32", "--register", "rigid"]
+    assert main(["fuse-folder", str(mri_dir), str(pet_dir), str(out), *common]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "s1.nii.gz",
+        "s1_registration.tfm",
+        "s2.nii.gz",
+        "s2_registration.tfm",
+    ]
+    err = capsys.readouterr().err
+    found = {
+        m.group(1): float(m.group(2)) for m in re.finditer(r"(s\d): rigid registration: rotation ([\d.]+) deg", err)
+    }
+    assert found.keys() == {"s1", "s2"} and abs(found["s1"] - 10) < 0.5 and abs(found["s2"] - 8) < 0.5
+    # a third pair whose PET is not a volume file: one line naming it, the others stay
+    shutil.copy(small_head["mri"], mri_dir / "s3.nii.gz")
+    (pet_dir / "s3.nii.gz").write_bytes(b"broken")
+    code = main(["fuse-folder", str(mri_dir), str(pet_dir), str(out), *common, "--overwrite"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and lines[-1].startswith("monai-emma: error: s3: ") and "s3.nii.gz" in lines[-1]
+    assert (out / "s2.nii.gz").is_file() and not (out / "s3.nii.gz").exists()
