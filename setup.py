@@ -28,6 +28,8 @@ TRACKING = ["mlflow>=3.0", "psutil>=5.9"]  # psutil: MLflow system metrics
 DISTRIBUTED = ["ray[default,train]>=2.40"]
 # rigid/affine registration of separate studies before fusion (--register)
 REGISTRATION = ["SimpleITK>=2.3"]
+# ONNX export of the U-Fuser, and ONNX Runtime to run or check it
+EXPORT = ["onnx>=1.16", "onnxscript>=0.3", "onnxruntime>=1.18"]
 
 setup(
     name="monai-emma",
@@ -60,12 +62,14 @@ setup(
         "tracking": TRACKING,
         "distributed": DISTRIBUTED,
         "registration": REGISTRATION,
-        "all": TRACKING + DISTRIBUTED + REGISTRATION,
+        "export": EXPORT,
+        "all": TRACKING + DISTRIBUTED + REGISTRATION + EXPORT,
         # 12-bit JPEG Extended DICOM (GPL-3.0 decoder): not part of [all]
         "jpeg12": ["pylibjpeg>=2.0", "pylibjpeg-libjpeg>=2.1"],
         "dev": TRACKING
         + DISTRIBUTED
         + REGISTRATION
+        + EXPORT
         + [
             "pytest>=8",
             "ruff>=0.5",

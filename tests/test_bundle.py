@@ -290,3 +290,20 @@ def test_wrong_dataset_dir_is_one_line(config, tmp_path):
 
     with pytest.raises(BundleInputError, match="no such dataset folder"):
         sample_dataset(str(missing), str(tmp_path))
+
+
+def test_monai_onnx_export_has_dynamic_sizes(tmp_path):
+    """MONAI's own `python -m monai.bundle onnx_export` with the bundle's args file: one ONNX graph
+    for any batch and size, equal to PyTorch with the shipped weights."""
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
+    from monai_emma.networks import ufuser
+    from monai_emma.networks.export import check_onnx
+    from monai_emma.weights import UFuserWeights
+
+    path = tmp_path / "model.onnx"
+    cmd = [sys.executable, "-m", "monai.bundle", "onnx_export", "--args_file", "configs/onnx_export.json"]
+    proc = subprocess.run([*cmd, "--filepath", str(path)], cwd=BUNDLE, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    net = ufuser(weights=UFuserWeights.DEFAULT)
+    assert check_onnx(path, net, [(1, 256, 256), (2, 97, 131), (1, 16, 16)]) < 1e-5

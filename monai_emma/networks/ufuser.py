@@ -148,6 +148,8 @@ class UFuser(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != 2:
             raise ValueError(f"UFuser expects a (B, 2, H, W) tensor, got shape {tuple(x.shape)}.")
+        if torch.compiler.is_exporting():  # torch.export / ONNX: one graph for every H, W >= 16
+            return self._forward_export(x)
         h, w = x.shape[-2:]
         x, crop = self._pad(x)
         if self.training or torch.is_grad_enabled():
@@ -161,6 +163,17 @@ class UFuser(nn.Module):
             top, left = crop
             out = out[..., top : top + h, left : left + w]
         return out
+
+    def _forward_export(self, x: torch.Tensor) -> torch.Tensor:
+        """The graph ``torch.export`` records: always the reflect padding to a multiple of
+        :attr:`size_multiple` (possibly zero), the plain path, the crop. With H, W >= 16 this is
+        what :meth:`forward` computes for any size, so one exported graph serves them all."""
+        m = self.size_multiple
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % m, (-w) % m
+        top, left = ph // 2, pw // 2
+        x = F.pad(x, (left, pw - left, top, ph - top), mode="reflect")
+        return self._forward_plain(x)[..., top : top + h, left : left + w]
 
     def _pad(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int] | None]:
         m = self.size_multiple
