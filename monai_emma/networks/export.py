@@ -63,7 +63,7 @@ def export_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".onnx", dir=path.parent)
     os.close(fd)
-    try:
+    try:  # networks import nothing above them, so the atomic write is spelt out here
         with torch.no_grad():
             torch.onnx.export(
                 net,
@@ -77,6 +77,9 @@ def export_onnx(
                 optimize=optimize,
                 external_data=False,
             )
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make a shared model file private
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
