@@ -12,13 +12,19 @@ send volumes slice by slice (or a few slices per request), never as one request:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-__all__ = ["ServingError", "fuse_remote", "post_batch"]
+__all__ = ["ServingError", "fuse_remote", "post_batch", "LoadResult", "load_test", "MALFORMED", "mlflow_server"]
 
 
 class ServingError(RuntimeError):
@@ -71,3 +77,178 @@ def fuse_remote(url: str, anatomical: np.ndarray, other: np.ndarray, timeout: fl
     if a.ndim != 2 or a.shape != b.shape:
         raise ValueError(f"expected two 2D images of one shape, got {a.shape} and {b.shape}")
     return post_batch(url, np.stack([a, b])[None], timeout=timeout)[0, 0]
+
+
+#: malformed requests a load test mixes in, each of which must get HTTP 400
+MALFORMED: dict[str, bytes] = {
+    "three channels": json.dumps({"inputs": np.zeros((1, 3, 8, 8)).tolist()}).encode(),
+    "rank 3": json.dumps({"inputs": np.zeros((2, 8, 8)).tolist()}).encode(),
+    "not numbers": b'{"inputs": [["a", "b"]]}',
+    "not JSON": b'{"inputs": [[',
+}
+
+
+@dataclass
+class LoadResult:
+    """What :func:`load_test` measured. Latencies are of the well-formed requests, in seconds."""
+
+    clients: int
+    requests: int
+    latencies: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    wrong: int = 0  # well-formed answers that differ from the expected fusion
+    malformed_sent: int = 0
+    malformed_refused: int = 0  # of those, answered with HTTP 400
+    seconds: float = 0.0
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies, q)) if self.latencies else float("nan")
+
+    @property
+    def throughput(self) -> float:
+        """Well-formed requests answered per second of wall time."""
+        return len(self.latencies) / self.seconds if self.seconds else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "clients": self.clients,
+            "requests_per_client": self.requests,
+            "answered": len(self.latencies),
+            "errors": len(self.errors),
+            "wrong": self.wrong,
+            "malformed_sent": self.malformed_sent,
+            "malformed_refused_400": self.malformed_refused,
+            "p50_s": round(self.percentile(50), 4),
+            "p95_s": round(self.percentile(95), 4),
+            "throughput_per_s": round(self.throughput, 3),
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def load_test(
+    url: str,
+    batch: np.ndarray,
+    expected: np.ndarray,
+    clients: int = 8,
+    requests: int = 25,
+    malformed_every: int = 5,
+    atol: float = 1e-4,
+    timeout: float = 300.0,
+) -> LoadResult:
+    """``clients`` threads each POST ``requests`` copies of ``batch`` ((N, 2, H, W)) at once, with a
+    malformed request (one of :data:`MALFORMED`, in turn) after every ``malformed_every``-th.
+    Every answer to a good request is compared with ``expected`` to ``atol``; every malformed
+    one must be refused with HTTP 400.
+    """
+    import threading
+    import time
+
+    result = LoadResult(clients, requests)
+    lock = threading.Lock()
+    bad = list(MALFORMED.values())
+    start = threading.Barrier(clients)
+
+    def raw(body: bytes) -> int:
+        req = urllib.request.Request(
+            url.rstrip("/") + "/invocations", data=body, headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return resp.status
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    def client(index: int) -> None:
+        start.wait()
+        for n in range(requests):
+            t = time.perf_counter()
+            try:
+                out = post_batch(url, batch, timeout=timeout)
+            except ServingError as err:
+                with lock:
+                    result.errors.append(str(err))
+                continue
+            elapsed = time.perf_counter() - t
+            ok = out.shape == expected.shape and bool(np.abs(out - expected).max() <= atol)
+            with lock:
+                result.latencies.append(elapsed)
+                result.wrong += not ok
+            if malformed_every and (n + 1) % malformed_every == 0:
+                status = raw(bad[(index + n) % len(bad)])
+                with lock:
+                    result.malformed_sent += 1
+                    result.malformed_refused += status == 400
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
+    t0 = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+@contextlib.contextmanager
+def mlflow_server(
+    model_uri: str,
+    tracking_uri: str,
+    workers: int = 1,
+    port: int | None = None,
+    log: str | os.PathLike | None = None,
+    threads_per_worker: int = 1,
+    startup_timeout: float = 240.0,
+) -> Iterator[str]:
+    """Run ``mlflow models serve`` for ``model_uri`` on 127.0.0.1 with ``workers`` worker
+    processes (``--env-manager local``, this Python's environment) and yield its URL once
+    ``/ping`` answers; the whole process group is stopped on exit.
+
+    Raises:
+        ServingError: the server exited or did not answer within ``startup_timeout`` (with the
+            end of its log).
+    """
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    if port is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    log_path = Path(log) if log else Path(tempfile.mkstemp(prefix="mlflow-serve-", suffix=".log")[1])
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env.update(OMP_NUM_THREADS=str(threads_per_worker), MKL_NUM_THREADS=str(threads_per_worker))
+    # the server starts uvicorn from the environment's bin/: put it on PATH (an activated venv has it)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local"]
+    cmd += ["-h", "127.0.0.1", "-p", str(port), "-w", str(workers)]
+    with log_path.open("w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        end = time.monotonic() + startup_timeout
+        while True:
+            if proc.poll() is not None:
+                raise ServingError(f"mlflow models serve exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(url + "/ping", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > end:
+                raise ServingError(f"{url}: no answer within {startup_timeout:.0f} s: {log_path.read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

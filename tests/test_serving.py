@@ -3,14 +3,8 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import subprocess
-import sys
-import time
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +15,7 @@ pytest.importorskip("mlflow")
 from monai_emma.cli import main  # noqa: E402
 from monai_emma.data.phantom import phantom_slice_pair  # noqa: E402
 from monai_emma.networks import ufuser  # noqa: E402
-from monai_emma.serving import ServingError, fuse_remote, post_batch  # noqa: E402
+from monai_emma.serving import MALFORMED, ServingError, fuse_remote, load_test, mlflow_server, post_batch  # noqa: E402
 from monai_emma.weights import UFuserWeights  # noqa: E402
 
 
@@ -31,45 +25,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_until_up(url: str, proc: subprocess.Popen, log: Path, timeout: float = 240.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            pytest.fail(f"mlflow models serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url + "/ping", timeout=5) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(1.0)
-    pytest.fail(f"the server did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
-
-
 @pytest.fixture
-def served_model(tmp_path, monkeypatch):
+def registry(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert main(["register", "--tracking-uri", uri]) == 0
-    port = _free_port()
-    # the server starts uvicorn from the environment's bin/: put it on PATH (an activated venv has it)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1"}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    log = tmp_path / "serve.log"
-    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/emma-ufuser/1"]
-    cmd += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_until_up(url, proc, log)
+    return uri
+
+
+@pytest.fixture
+def served_model(registry, tmp_path):
+    with mlflow_server("models:/emma-ufuser/1", registry, log=tmp_path / "serve.log") as url:
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def test_registered_model_serves_the_in_process_result_and_refuses_bad_input(served_model):
@@ -112,3 +79,26 @@ def test_client_names_the_server_when_nothing_answers():
         fuse_remote(f"http://127.0.0.1:{_free_port()}", np.zeros((8, 8)), np.zeros((8, 8)), timeout=5)
     with pytest.raises(ValueError, match="two 2D images"):
         fuse_remote("http://127.0.0.1:1", np.zeros((8, 8)), np.zeros((8, 9)))
+
+
+def test_concurrent_clients_with_malformed_requests_mixed_in(registry, tmp_path):
+    """8 clients x 25 requests at once against 2 server workers, a malformed request after every
+    fifth: no errors, every answer equal to in-process fusion, every malformed one a 400. (64²
+    here to keep the suite short; benchmarks/bench_serving.py runs 256² at 1, 2 and 4 workers.)"""
+    net = ufuser(weights=UFuserWeights.DEFAULT)
+    mri, pet = phantom_slice_pair(64, "pet")
+    batch = np.stack([mri, pet])[None]
+    with torch.inference_mode():
+        expected = net(torch.from_numpy(batch)).numpy()
+    with mlflow_server("models:/emma-ufuser/1", registry, workers=2, log=tmp_path / "serve.log") as url:
+        result = load_test(url, batch, expected, clients=8, requests=25, malformed_every=5)
+        assert fuse_remote(url, mri, pet).shape == mri.shape  # still serving afterwards
+    assert result.errors == [] and result.wrong == 0 and len(result.latencies) == 200
+    assert result.malformed_sent == 8 * 5 and result.malformed_refused == result.malformed_sent
+    assert len(MALFORMED) == 4 and 0 < result.percentile(50) <= result.percentile(95)
+
+
+def test_a_server_that_cannot_start_is_one_error(tmp_path):
+    with pytest.raises(ServingError, match="exited with"):
+        with mlflow_server("models:/nothing/1", f"sqlite:///{tmp_path / 'none.db'}", startup_timeout=120):
+            pass

@@ -169,6 +169,7 @@ def register(
     min_information: float = 0.02,
     samples: int = 200_000,
     seed: int = 0,
+    threads: int | None = None,
 ) -> Registration:
     """Register ``moving`` (the second modality) to ``fixed`` (the anatomical image).
 
@@ -189,6 +190,7 @@ def register(
             (images without shared content give about 0.001).
         samples: anatomical voxels sampled for the metric at each resolution level.
         seed: the metric's random sampling.
+        threads: ITK threads (default: ITK's own choice).
 
     Returns:
         A :class:`Registration`: apply it with ``np.linalg.inv(reg.matrix) @ moving_affine``.
@@ -210,6 +212,7 @@ def register(
         raise RegistrationError("registration: an image is constant; there is nothing to align")
 
     voxels = float(np.prod(fixed.shape))
+    sample_seed = seed + 1  # SimpleITK reads a seed of 0 as "the wall clock": never reproducible
 
     def method(full: bool = False):
         # a fixed random sample of about `samples` anatomical voxels per level: enough for a
@@ -218,10 +221,12 @@ def register(
         r.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
         r.SetMetricSamplingStrategy(r.RANDOM)
         if full:  # the before/after comparison: one larger sample, the same points both times
-            r.SetMetricSamplingPercentage(min(1.0, 4 * samples / voxels), seed)
+            r.SetMetricSamplingPercentage(min(1.0, 4 * samples / voxels), sample_seed)
         else:
-            r.SetMetricSamplingPercentagePerLevel([min(1.0, samples * f**3 / voxels) for f in SHRINK], seed)
+            r.SetMetricSamplingPercentagePerLevel([min(1.0, samples * f**3 / voxels) for f in SHRINK], sample_seed)
         r.SetInterpolator(sitk.sitkLinear)
+        if threads:
+            r.SetNumberOfThreads(threads)
         return r
 
     base = sitk.Euler3DTransform() if mode == "rigid" else sitk.AffineTransform(3)
