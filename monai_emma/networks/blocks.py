@@ -34,6 +34,7 @@ __all__ = [
     "reflect_border_",
     "reflect_pad_cat",
     "autocast_dtype",
+    "tensor_version",
 ]
 
 
@@ -43,6 +44,12 @@ def reflect_conv(in_channels: int, out_channels: int, stride: int = 1, bias: boo
 
 
 _SMALL_MAP = 64 * 64
+
+
+def tensor_version(t: torch.Tensor) -> int:
+    """The in-place version counter of ``t``; inference tensors (made under
+    ``torch.inference_mode()``, e.g. a network loaded there) have none and count as version 0."""
+    return 0 if t.is_inference() else t._version
 
 
 def autocast_dtype(device_type: str) -> torch.dtype | None:

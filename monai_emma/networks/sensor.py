@@ -11,7 +11,7 @@ from monai.networks.blocks import Convolution
 from monai.networks.layers.utils import get_act_layer
 from torch import nn
 
-from monai_emma.networks.blocks import autocast_dtype
+from monai_emma.networks.blocks import autocast_dtype, tensor_version
 from monai_emma.networks.official import load_official_state_dict, sensor_key_from_official
 
 __all__ = ["PseudoSensor", "SENSOR_PRESETS"]
@@ -160,7 +160,7 @@ class PseudoSensor(nn.Module):
         (encoder levels, then decoder levels), cast to ``dtype`` (autocast's) when given; rebuilt
         when a parameter or statistic changed."""
         state = (*self.parameters(), *self.buffers())
-        key = (tuple((t.data_ptr(), t._version, t.device, t.dtype) for t in state), dtype)
+        key = (tuple((t.data_ptr(), tensor_version(t), t.device, t.dtype) for t in state), dtype)
         if self._folded is None or key != self._folded_key:
             with torch.inference_mode(False), torch.no_grad():
                 folded = [[_fold(unit) for unit in level] for level in (*self.encoder, *self.decoder)]

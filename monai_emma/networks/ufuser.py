@@ -12,7 +12,14 @@ import torch.nn.functional as F
 from monai.networks.layers.utils import get_act_layer
 from torch import nn
 
-from monai_emma.networks.blocks import RestormerCNNBlock, Workspace, autocast_dtype, reflect_conv, reflect_pad_cat
+from monai_emma.networks.blocks import (
+    RestormerCNNBlock,
+    Workspace,
+    autocast_dtype,
+    reflect_conv,
+    reflect_pad_cat,
+    tensor_version,
+)
 from monai_emma.networks.official import load_official_state_dict, ufuser_key_from_official
 
 __all__ = ["UFuser", "ufuser", "SupportsStateDict"]
@@ -208,7 +215,7 @@ class UFuser(nn.Module):
 
     # ------------------------------------------------------------------ inference fast path
     def _param_key(self) -> tuple:
-        return tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in self.parameters())
+        return tuple((p.data_ptr(), tensor_version(p), p.device, p.dtype) for p in self.parameters())
 
     def _merged(self) -> list[Any]:
         key = self._param_key()

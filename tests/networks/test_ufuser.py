@@ -293,3 +293,17 @@ def test_precision_switches_in_one_process():
         y = net(x)
     y.float().mean().backward()
     assert net.head.bias.grad is not None
+
+
+def test_a_network_built_under_inference_mode_runs():
+    """Weights loaded inside torch.inference_mode() are inference tensors without a version
+    counter; the fast path's cache key must not need one (the pseudo-sensors' neither)."""
+    from monai_emma.networks import PseudoSensor
+
+    x = torch.rand(1, 2, 32, 32)
+    with torch.inference_mode():
+        net = UFuser().eval()
+        sensor = PseudoSensor(preset="lite").eval().requires_grad_(False)
+        out = net(x)
+        assert out.shape == (1, 1, 32, 32) and torch.equal(out, net(x))
+        assert sensor(out).shape == (1, 1, 32, 32)
