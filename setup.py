@@ -72,6 +72,7 @@ setup(
         + EXPORT
         + [
             "pytest>=8",
+            "pytest-xdist>=3.5",
             "ruff>=0.5",
             # the literature's reference evaluator, timed by benchmarks/bench_metrics.py
             "scikit-image>=0.22",

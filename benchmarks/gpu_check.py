@@ -102,6 +102,34 @@ def throughput(device: torch.device, sizes: list[int], batches: list[int], dtype
     return rows
 
 
+def should_work(device: torch.device, dtype: str) -> bool:
+    """Whether a throughput cell must succeed: fp32 and bf16 autocast everywhere on CPU; on CUDA
+    fp32, fp16, and bf16 where the card supports it."""
+    if device.type != "cuda" or dtype in ("fp32", "fp16"):
+        return True
+    return torch.cuda.is_bf16_supported()
+
+
+def failures(report: dict, device: torch.device) -> list[str]:
+    """The cells and sections that should have worked and raised (each one line)."""
+    out = [
+        f"throughput {r['size']} b{r['batch']} {r['dtype']} {r['layout']}: {r['error']}"
+        for r in report.get("throughput", [])
+        if "error" in r and should_work(device, r["dtype"])
+    ]
+    step = report.get("train_step", {})
+    if "error" in step:
+        out.append(f"train_step: {step['error']}")
+    for precision in ("fp32", "bf16"):
+        if "error" in step.get(precision, {}) and should_work(device, precision):
+            out.append(f"train_step {precision}: {step[precision]['error']}")
+    for name in ("pipeline", "bundle_ddp"):
+        section = report.get(name, {})
+        if section and "skipped" not in section and not section.get("ok", False):
+            out.append(f"{name}: {section.get('error', 'failed')}"[:300])
+    return out
+
+
 def train_step(device: torch.device, quick: bool, official_dir: str | None = None) -> dict:
     """Our step in fp32 and bf16 and, with ``official_dir``, the official step beside ours."""
     from bench_train_step import bench, compare
@@ -203,6 +231,10 @@ def main(argv: list[str] | None = None) -> dict:
     (out / "gpu_check.json").write_text(json.dumps(report, indent=1))
     (out / "gpu_check.md").write_text(_markdown(report))
     print(f"wrote {out / 'gpu_check.json'} and {out / 'gpu_check.md'} ({report['seconds']} s)")
+    broken = failures(report, device)
+    if broken:  # loudly: a cell that should work and raised is a failed check, not a footnote
+        print("FAILED (should have worked):\n  " + "\n  ".join(broken), file=sys.stderr)
+        raise SystemExit(1)
     return report
 
 

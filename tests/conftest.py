@@ -13,6 +13,14 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def pytest_configure(config) -> None:
+    """Under pytest-xdist (two workers), one torch thread per worker: the workers share the cores."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
 def write_phantom_dataset(root: Path, size: int = 64, n: int = 4, modalities=("CT", "PET")) -> Path:
     from monai_emma.data.phantom import write_phantom_pairs
 

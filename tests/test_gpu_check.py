@@ -33,3 +33,28 @@ def test_gpu_check_runs_quick_on_cpu(tmp_path):
     assert report["pipeline"] == {"skipped": "no --data given"}
     table = (tmp_path / "gpu_check.md").read_text()
     assert "| 128 | 2 | bf16 | channels_last |" in table
+
+
+def test_a_cell_that_should_work_and_raises_fails_the_check(tmp_path):
+    """The throughput rows record errors; `failures` turns the ones that should have worked into a
+    failed check (exit 1), while an unsupported precision on a device stays a note."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    gpu_check = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        spec.loader.exec_module(gpu_check)
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    cpu = torch.device("cpu")
+    ok_row = {"size": 64, "batch": 1, "dtype": "fp32", "layout": "contiguous", "slices_per_s": 10.0}
+    bad_row = {"size": 64, "batch": 1, "dtype": "bf16", "layout": "contiguous", "error": "RuntimeError: boom"}
+    report = {"throughput": [ok_row, bad_row], "train_step": {"fp32": {"s_per_step": 1.0}}}
+    assert gpu_check.failures(report, cpu) == ["throughput 64 b1 bf16 contiguous: RuntimeError: boom"]
+    report["train_step"]["bf16"] = {"error": "RuntimeError: dtype"}
+    report["pipeline"] = {"ok": False, "error": "exit 1"}
+    assert len(gpu_check.failures(report, cpu)) == 3
+    assert gpu_check.should_work(cpu, "bf16") and gpu_check.should_work(torch.device("cuda"), "fp16")

@@ -6,6 +6,8 @@ import torch
 pytest.importorskip("onnxscript")
 pytest.importorskip("onnxruntime")
 
+pytestmark = pytest.mark.xdist_group("onnx")  # one export (the module fixture) for all of them
+
 from monai_emma.networks import UFuser  # noqa: E402
 from monai_emma.networks.export import MIN_SIZE, check_onnx, export_onnx  # noqa: E402
 
