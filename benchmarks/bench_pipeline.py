@@ -106,41 +106,16 @@ def cluster(data: str, work: Path, timeout: float) -> dict:
     }
 
 
-def _row(label: str, stages: dict, key: str) -> str:
-    return f"| {label} | " + " | ".join(f"{stages.get(s, {}).get(key, float('nan')):.1f}" for s in ("sensors", "fuser"))
-
-
 def report(results: dict) -> str:
     lines = ["| run | wall s | vs single process |", "|---|---|---|"]
     single = results["single"]["wall"]
     for name, r in results.items():
         lines.append(f"| {name} | {r['wall']:.1f} | {r['wall'] / single:.2f}x |")
+    from monai_emma.pipeline.driver import format_timings  # the pipeline's own table, not a second one
+
     for name, r in results.items():
-        if "timings" not in r:
-            continue
-        st = r["timings"]["stages"]
-        lines += ["", f"{name}: seconds (sensors | fuser)", "", "| phase | sensors | fuser |", "|---|---|---|"]
-        for key in (
-            "worker_start",
-            "setup",
-            "data",
-            "steps",
-            "validation",
-            "checkpoint",
-            "mlflow",
-            "report",
-            "shutdown",
-        ):
-            if any(key in st.get(s, {}) for s in ("sensors", "fuser")):
-                lines.append(_row(key, st, key) + " |")
-        lines.append(_row("fit", st, "fit") + " |")
-        per_step = [
-            st[s]["steps"] / st[s]["steps_count"] for s in ("sensors", "fuser") if st.get(s, {}).get("steps_count")
-        ]
-        lines.append("| s per step | " + " | ".join(f"{v:.3f}" for v in per_step) + " |")
-        driver = r["timings"]["driver"]
-        lines.append("")
-        lines.append("driver: " + ", ".join(f"{k} {v:.1f}" for k, v in driver.items() if not k.endswith("_count")))
+        if "timings" in r:
+            lines += ["", f"{name}:", format_timings(r["timings"])]
     steps = results["single"]["steps"]
     if steps:
         lines.append("")
