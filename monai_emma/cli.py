@@ -184,14 +184,11 @@ def _cmd_fuse_folder(args: argparse.Namespace) -> int:
         report = FidelityReport(("vis" if modality == "ir" else "mri", modality))
         bank = default_sensors()
     net, _ = _load_model(args)
-    from monai_emma.precision import resolve_precision
+    from monai_emma.precision import auto_note, resolve_precision
 
     precision = resolve_precision(args.precision, args.device)
-    if args.precision == "auto" and precision == "bf16":
-        print(
-            "note: U-Fuser in bfloat16 (precision auto: native on this machine; --precision fp32 for float32)",
-            file=sys.stderr,
-        )
+    if note := auto_note(args.precision, args.device):
+        print(f"note: {note}", file=sys.stderr)
     fuse = network_fuser(net, args.device, zero_empty=not args.no_zero_empty, precision=precision)
     out_dir.mkdir(parents=True, exist_ok=True)
     existing = [s for s in stems if (out_dir / f"{s}.png").exists()]

@@ -27,7 +27,7 @@ import torch
 from monai_emma.errors import FusionError, transform_cause
 from monai_emma.io.result import FusionResult
 from monai_emma.io.volumes import MODALITIES, Volume, VolumeReadError, as_volume, guess_modality
-from monai_emma.precision import INFERENCE_PRECISIONS, check_precision, resolve_precision
+from monai_emma.precision import INFERENCE_PRECISIONS, auto_note, check_precision, resolve_precision
 from monai_emma.transforms.intensity import DEFAULT_INTENSITY, IntensityRule
 
 __all__ = [
@@ -145,10 +145,8 @@ def _fuse(
     if not torch.isfinite(pred).all():
         raise FusionError(f"{d['anatomical_volume'].path}: the network produced non-finite values")
     d["pred"] = pred
-    if precision == "auto" and resolved == "bf16":
-        d.setdefault("notes", []).append(
-            f"U-Fuser in bfloat16 (precision auto: native on this {dev.type.upper()}; --precision fp32 for float32)"
-        )
+    if note := auto_note(precision, dev):
+        d.setdefault("notes", []).append(note)
     d = fusion_postprocessing(preprocessing, zero_empty, stretch)(d)
     return result_from_data(d, seconds=time.perf_counter() - t0)
 

@@ -20,7 +20,15 @@ from typing import Any
 
 import torch
 
-__all__ = ["PRECISIONS", "INFERENCE_PRECISIONS", "check_precision", "resolve_precision", "native_bf16", "autocast"]
+__all__ = [
+    "PRECISIONS",
+    "INFERENCE_PRECISIONS",
+    "check_precision",
+    "resolve_precision",
+    "auto_note",
+    "native_bf16",
+    "autocast",
+]
 
 #: the precisions of training (``--precision``)
 PRECISIONS = ("fp32", "bf16")
@@ -49,6 +57,14 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str
     if check_precision(precision, INFERENCE_PRECISIONS) == "auto":
         return "bf16" if native_bf16(device) else "fp32"
     return precision
+
+
+def auto_note(precision: str, device: torch.device | str = "cpu") -> str | None:
+    """The note for users when ``"auto"`` chose bfloat16 on ``device``, else None."""
+    if precision != "auto" or resolve_precision(precision, device) != "bf16":
+        return None
+    kind = torch.device(device).type.upper()
+    return f"U-Fuser in bfloat16 (precision auto: native on this {kind}; --precision fp32 for float32)"
 
 
 def native_bf16(device: torch.device | str = "cpu") -> bool:
