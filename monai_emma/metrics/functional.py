@@ -3,12 +3,17 @@
 Conventions follow the reference evaluator of the CDDFuse/EMMA papers (``utils/Evaluator.py`` of
 ``Zhaozixiang1228/MMIF-CDDFuse``), read for facts and reimplemented here; ``docs/metrics.md``
 states each one. Inputs are grey images on a 0-255 scale; "sum" metrics add the value over
-(F, A) and over (F, B). Everything runs in float64 on the inputs' device; the Gaussian windows of
-VIF are separable (none of their entries is truncated), so VIF uses two 1D passes per filter.
+(F, A) and over (F, B). Everything runs in float64 on the inputs' device, except where all three
+images are 8-bit valued: then SSIM's window sums and (co)variance numerators are exact integers
+(float32 sums, int32 products) and Qabf's Sobel responses are exact in float32, so those two round
+only their final smooth maps at float32 (within 1e-6 of float64, tested). VIF stays in float64:
+its variances are differences of large moments compared with 1e-10. The Gaussian windows of VIF
+are separable (none of their entries is truncated), so VIF uses two 1D passes per filter.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -91,14 +96,15 @@ def average_gradient(f: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- pair metrics
 def _is_8bit(x: torch.Tensor) -> bool:
     """All values are integers in [0, 255]."""
-    return bool(((x >= 0) & (x <= 255) & (x == x.round())).all())
+    return torch.equal(x, x.round().clamp_(0, 255))
 
 
-def _labels(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+def _labels(x: torch.Tensor, eight_bit: bool | None = None) -> tuple[torch.Tensor, int]:
     """Integer labels of the distinct values of ``x`` and their count. 8-bit-valued images use
-    their values directly (MI does not depend on how labels are numbered; empty bins drop out)."""
+    their values directly (MI does not depend on how labels are numbered; empty bins drop out);
+    ``eight_bit=True`` says so without checking."""
     flat = x.flatten()
-    if _is_8bit(flat):
+    if eight_bit or (eight_bit is None and _is_8bit(flat)):
         return flat.to(torch.int64), 256
     _, inverse = torch.unique(flat, return_inverse=True)
     return inverse, int(inverse.max()) + 1
@@ -128,12 +134,17 @@ def _mutual_info_labels(xi: torch.Tensor, nx: int, yi: torch.Tensor, ny: int) ->
 def mutual_information(f, a, b, base: float = math.e) -> torch.Tensor:
     """MI: MI(F, A) + MI(F, B) from the joint histogram of the grey values (nats by default;
     ``base=2`` gives bits)."""
-    f, a, b = _b(f), _b(a), _b(b)
+    return _mutual_information(_b(f), _b(a), _b(b), None) / math.log(base)
+
+
+def _mutual_information(f, a, b, eight_bit: bool | None) -> torch.Tensor:
     out = []
     for fi, ai, bi in zip(f, a, b):
-        lf = _labels(fi)  # F's labels serve both pairs
-        out.append(_mutual_info_labels(*lf, *_labels(ai)) + _mutual_info_labels(*lf, *_labels(bi)))
-    return torch.stack(out) / math.log(base)
+        lf = _labels(fi, eight_bit)  # F's labels serve both pairs
+        out.append(
+            _mutual_info_labels(*lf, *_labels(ai, eight_bit)) + _mutual_info_labels(*lf, *_labels(bi, eight_bit))
+        )
+    return torch.stack(out)
 
 
 def _corr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -148,6 +159,7 @@ def scd(f, a, b) -> torch.Tensor:
     return _corr(a, f - b) + _corr(b, f - a)
 
 
+@functools.lru_cache(maxsize=64)
 def _gauss_1d(n: int, device) -> torch.Tensor:
     sd = n / 5.0
     m = (n - 1) / 2.0
@@ -161,7 +173,13 @@ def _gauss_1d(n: int, device) -> torch.Tensor:
 def _band(n: int, g: torch.Tensor, step: int = 1) -> torch.Tensor:
     """Matrix whose rows slide the k taps of ``g`` (every ``step``-th position): ``band @ x``
     filters the rows of ``x`` ('valid' correlation; the windows here are symmetric, so also
-    convolution)."""
+    convolution). Built once per (size, window, step): the windows come from the cached
+    :func:`_gauss_1d`, so ``g`` identifies them."""
+    return _band_cached(n, g, step)
+
+
+@functools.lru_cache(maxsize=256)
+def _band_cached(n: int, g: torch.Tensor, step: int) -> torch.Tensor:
     k = g.numel()
     starts = torch.arange(0, n - k + 1, step, device=g.device)
     out = torch.zeros(starts.numel(), n, dtype=g.dtype, device=g.device)
@@ -179,17 +197,22 @@ def _blocks(m: int, size: int = 40) -> list[tuple[int, int]]:
 
 
 def _banded_last(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """'valid' filtering of the last axis of (N, W) by ``g``, block by block."""
+    """'valid' filtering of the last axis of (N, W) by ``g``, block by block, each block's
+    product written straight into its columns of the result."""
     k = g.numel()
-    parts = [x[:, s : e + k - 1] @ _band(e - s + k - 1, g).T for s, e in _blocks(x.shape[-1] - k + 1)]
-    return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+    out = torch.empty((x.shape[0], x.shape[-1] - k + 1), dtype=x.dtype, device=x.device)
+    for s, e in _blocks(out.shape[-1]):
+        torch.mm(x[:, s : e + k - 1], _band(e - s + k - 1, g).T, out=out[:, s:e])
+    return out
 
 
 def _banded_rows(y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """'valid' filtering of axis 1 of (B, H, W) by ``g``, block by block."""
+    """'valid' filtering of axis 1 of (B, H, W) by ``g``, block by block (written in place)."""
     k = g.numel()
-    parts = [_band(e - s + k - 1, g) @ y[:, s : e + k - 1] for s, e in _blocks(y.shape[1] - k + 1)]
-    return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+    out = torch.empty((y.shape[0], y.shape[1] - k + 1, y.shape[2]), dtype=y.dtype, device=y.device)
+    for s, e in _blocks(out.shape[1]):
+        torch.matmul(_band(e - s + k - 1, g), y[:, s : e + k - 1], out=out[:, s:e])
+    return out
 
 
 def _separable_valid(x: torch.Tensor, g: torch.Tensor, step: int = 1) -> torch.Tensor:
@@ -280,16 +303,20 @@ def _vif_pair(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor) -> torch.Tensor
     """VIF(A -> F) + VIF(B -> F) for (B, H, W) batches; the distorted image's statistics are
     filtered once and shared by both references."""
     bsz = f.shape[0]
-    refs = torch.stack([a, b], 1)  # (B, 2, H, W)
-    dist = f
+    # one buffer, the references (B, 2) first and then the fused images (B): each coarser scale
+    # is one filtering of the whole buffer
+    imgs = torch.empty((3 * bsz, *f.shape[1:]), dtype=f.dtype, device=f.device)
+    imgs[: 2 * bsz].view(bsz, 2, *f.shape[1:])[:, 0].copy_(a)
+    imgs[: 2 * bsz].view(bsz, 2, *f.shape[1:])[:, 1].copy_(b)
+    imgs[2 * bsz :].copy_(f)
     nums = torch.zeros((bsz, 2), dtype=torch.float64, device=f.device)
     dens = torch.zeros_like(nums)
     for scale in range(1, 5):
         n = 2 ** (4 - scale + 1) + 1
         g = _gauss_1d(n, f.device)
         if scale > 1:
-            both = _filter_valid(torch.cat([refs.flatten(0, 1), dist]), g, step=2)
-            refs, dist = both[: 2 * bsz].unflatten(0, (bsz, 2)), both[2 * bsz :]
+            imgs = _filter_valid(imgs, g, step=2)
+        refs, dist = imgs[: 2 * bsz].unflatten(0, (bsz, 2)), imgs[2 * bsz :]
         filt = _filter_valid(_vif_moments(refs, dist), g)
         mu1 = filt[: 2 * bsz].unflatten(0, (bsz, 2))
         mu2 = filt[2 * bsz : 3 * bsz]
@@ -348,12 +375,24 @@ def _qabf_edge(ga, aa, gf, af) -> torch.Tensor:
 def qabf(f, a, b) -> torch.Tensor:
     """Qabf: Xydeas-Petrovic edge preservation with 3x3 Sobel operators, weights g_A and g_B."""
     f, a, b = _b(f), _b(a), _b(b)
+    return _qabf(f, a, b, all(_is_8bit(x) for x in (f, a, b)))
+
+
+def _qabf(f, a, b, eight_bit: bool) -> torch.Tensor:
+    # 8-bit images run in float32: the Sobel responses are integers below 2**11 and their squared
+    # sums below 2**22, so strengths, the equality tests and the zero tests are exact; only the
+    # smooth maps (atan, exp) round at float32's 6e-8, and the sums are taken in float64
     n = f.shape[0]
-    g, ang = _sobel_strength_angle(torch.cat([a, b, f]))
+    work = torch.float32 if eight_bit else f.dtype
+    stack = torch.empty((3 * n, *f.shape[1:]), dtype=work, device=f.device)
+    for k, x in enumerate((a, b, f)):
+        stack[k * n : (k + 1) * n].copy_(x)
+    g, ang = _sobel_strength_angle(stack)
     ga, gb, gf = g[:n], g[n : 2 * n], g[2 * n :]
     aa, ab, af = ang[:n], ang[n : 2 * n], ang[2 * n :]
     qaf, qbf = _qabf_edge(ga, aa, gf, af), _qabf_edge(gb, ab, gf, af)
-    return (qaf * ga + qbf * gb).sum((1, 2)) / (ga + gb).sum((1, 2))
+    num = qaf.mul_(ga).addcmul_(qbf, gb).sum((1, 2), dtype=torch.float64)
+    return num / (ga + gb).sum((1, 2), dtype=torch.float64)
 
 
 def _symmetric_border_(buf: torch.Tensor, p: int) -> torch.Tensor:
@@ -373,6 +412,33 @@ def _ssim_from_moments(ux, uy, uxx, uyy, uxy, data_range: float, win: int) -> to
     s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
     pad = (win - 1) // 2
     return s[:, pad:-pad, pad:-pad].mean((1, 2))
+
+
+def _ssim_from_sums(sums: torch.Tensor, data_range: float, win: int) -> torch.Tensor:
+    """SSIM(F, A) + SSIM(F, B) from exact integer window sums (8, B, h, w): F, A, B, FF, AA, BB,
+    FA, FB, already cropped to the scored region.
+
+    With n = win^2 and sums S, the means are S / n and the sample (co)variances
+    (n S_xy - S_x S_y) / (n (n - 1)); those numerators are integers below 2**31, formed exactly in
+    int32, and only the final ratio runs in float32 (rounding each term at 6e-8), summed in float64.
+    """
+    n = win * win
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    s = sums.to(torch.int32)
+    sf, sff = s[0], s[3]
+    pff = sf * sf
+    vf = (sff * n).sub_(pff)
+    total = torch.zeros(s.shape[1], dtype=torch.float64, device=s.device)
+    for k in (1, 2):  # A, then B
+        sx, sxx, sfx = s[k], s[3 + k], s[5 + k]
+        pfx = sf * sx
+        cov = (sfx * n).sub_(pfx).to(torch.float32).mul_(2.0 / (n * (n - 1))).add_(c2)
+        num = pfx.to(torch.float32).mul_(2.0 / (n * n)).add_(c1).mul_(cov)
+        pxx = sx * sx
+        var = (sxx * n).sub_(pxx).add_(vf).to(torch.float32).mul_(1.0 / (n * (n - 1))).add_(c2)
+        den = pxx.add_(pff).to(torch.float32).mul_(1.0 / (n * n)).add_(c1).mul_(var)
+        total += num.div_(den).sum((-2, -1), dtype=torch.float64) / num[0].numel()
+    return total
 
 
 def ssim(f, a, b, data_range: float = 2.0) -> torch.Tensor:
@@ -407,7 +473,7 @@ def _ssim_sum(f, a, b, data_range: float, exact_sums: bool) -> torch.Tensor:
     box = torch.full((win,), 1.0 if exact else 1.0 / win, dtype=work, device=f.device)
     m = _separable_valid(_symmetric_border_(buf.flatten(0, 1), p), box).unflatten(0, (8, n))
     if exact:
-        m = m.to(f.dtype).div_(win * win)
+        return _ssim_from_sums(m[:, :, p:-p, p:-p], data_range, win)
     return _ssim_from_moments(m[0], m[1], m[3], m[4], m[6], data_range, win) + _ssim_from_moments(
         m[0], m[2], m[3], m[5], m[7], data_range, win
     )
@@ -432,12 +498,17 @@ def batch_fusion_metrics(fused, a, b, metrics=None, ssim_data_range: float = 2.0
     f, a_, b_ = _b(fused), _b(a), _b(b)
     if not (f.shape == a_.shape == b_.shape):
         raise ValueError(f"shape mismatch: fused {tuple(f.shape)}, a {tuple(a_.shape)}, b {tuple(b_.shape)}")
+    eight_bit = all(_is_8bit(x) for x in (f, a_, b_)) if {"MI", "SSIM", "Qabf"} & set(names) else False
     out = {}
     for name in names:
         if name in _SINGLE:
             out[name] = _SINGLE[name](f)
+        elif name == "MI":  # all 8-bit: no per-image check; otherwise each image is looked at
+            out[name] = _mutual_information(f, a_, b_, True if eight_bit else None)
         elif name == "SSIM":
-            out[name] = ssim(f, a_, b_, ssim_data_range)
+            out[name] = _ssim_sum(f, a_, b_, ssim_data_range, exact_sums=eight_bit)
+        elif name == "Qabf":
+            out[name] = _qabf(f, a_, b_, eight_bit)
         else:
             out[name] = _PAIR[name](f, a_, b_)
     return out

@@ -69,9 +69,13 @@ def fusion_metrics(
     """
     arrays = []
     for name, x in (("fused", fused), ("a", a), ("b", b)):
-        t = x.detach().to("cpu") if isinstance(x, torch.Tensor) else torch.from_numpy(np.array(x, copy=True))
+        t = (
+            x.detach().to("cpu", torch.float64)
+            if isinstance(x, torch.Tensor)
+            else torch.tensor(np.asarray(x), dtype=torch.float64)
+        )
         if t.ndim != 2:
             raise ValueError(f"{name}: expected a 2D grey image, got shape {tuple(t.shape)}")
-        arrays.append(t.to(torch.float64)[None])
+        arrays.append(t[None])
     out = batch_fusion_metrics(*arrays, metrics=metrics, ssim_data_range=ssim_data_range)
     return {k: float(v[0]) for k, v in out.items()}
