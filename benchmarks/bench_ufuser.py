@@ -140,16 +140,19 @@ def machine_rates() -> dict[str, float]:
     return out
 
 
-def profile_fast_path(size: int = 256, batch: int = 1, repeats: int = 5) -> list[dict]:
+def profile_fast_path(size: int = 256, batch: int = 1, repeats: int = 5, bf16: bool = False) -> list[dict]:
     """Self time per op kind (ms per forward) on the inference path, with GFLOP/s for convolutions
-    and matrix products (FLOPs from the recorded shapes)."""
+    and matrix products (FLOPs from the recorded shapes); ``bf16`` runs it under bfloat16 autocast."""
+    import contextlib
+
     from torch.profiler import ProfilerActivity, profile
 
     from monai_emma.networks import UFuser
 
     net = UFuser().eval()
     x = torch.rand(batch, 2, size, size)
-    with torch.inference_mode():
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with torch.inference_mode(), autocast:
         for _ in range(3):
             net(x)
         with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
@@ -206,9 +209,10 @@ def main(argv: list[str] | None = None) -> dict:
         rates = machine_rates()
         for k, v in rates.items():
             print(f"machine: {k}: {v:.0f} GFLOP/s")
-        rows = profile_fast_path(args.sizes[0], args.batches[0])
+        rows = profile_fast_path(args.sizes[0], args.batches[0], bf16=args.bf16)
         total = sum(r["ms_per_forward"] for r in rows)
-        print(f"fast path, {args.sizes[0]}^2 batch {args.batches[0]}: {total:.1f} ms of op self time per forward")
+        kind = "bf16 autocast" if args.bf16 else "fp32"
+        print(f"fast path ({kind}), {args.sizes[0]}^2 batch {args.batches[0]}: {total:.1f} ms of op time per forward")
         print(f"{'op':<34} {'ms':>7} {'share':>6} {'calls':>6} {'GFLOP/s':>8}")
         for r in rows[:25]:
             print(
