@@ -138,6 +138,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             device=args.device,
             mlflow_uri=args.mlflow_uri,
             precision=args.precision,
+            ifcnn_weights=args.ifcnn_weights,
         )
     except (PairDataError, ValueError, FileNotFoundError) as err:
         raise CLIError(str(err)) from err
@@ -674,7 +675,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SPLIT_JSON",
         help="score only the validation pairs of a training run (its split.json; give the run's data roots)",
     )
-    ev.add_argument("--methods", default="emma,mean,max,laplacian,wavelet", help="comma-separated methods")
+    ev.add_argument(
+        "--methods",
+        default="emma,mean,max,laplacian,wavelet",
+        help="comma-separated methods: emma, mean, max, laplacian, wavelet, and the learned peer ifcnn",
+    )
+    ev.add_argument(
+        "--ifcnn-weights",
+        metavar="PTH",
+        help="IFCNN-MAX snapshot for --methods ...,ifcnn (default: $EMMA_IFCNN_WEIGHTS; Code/snapshots/IFCNN-MAX.pth "
+        "of github.com/uzeful/IFCNN, not shipped)",
+    )
     ev.add_argument("--weights", help="U-Fuser state dict for emma (default: the shipped weights)")
     ev.add_argument("--output", default="emma-eval", help="report folder (default: emma-eval)")
     ev.add_argument("--grid-pairs", type=int, default=4, help="pairs in the comparison grid")

@@ -1,8 +1,10 @@
 """Fusing 2D slice pairs into the 8-bit images users look at (and the evaluation scores).
 
 Colour is decided from the pixels: a pair whose second image holds colour (pseudo-colour PET or
-SPECT) is fused on luminance Y and recombined with that image's Cb/Cr; otherwise the result is
-grey. The network sees Y in [0, 1] (BT.601 full range, OpenCV's matrix).
+SPECT) is fused on luminance Y and recombined with that image's Cb/Cr; otherwise, when the first
+image holds colour (a visible-light photograph fused with infrared), the fused Y takes the
+first image's Cb/Cr, the convention of infrared-visible fusion; otherwise the result is grey.
+The network sees Y in [0, 1] (BT.601 full range, OpenCV's matrix).
 """
 
 from __future__ import annotations
@@ -41,21 +43,27 @@ def fuse_slice_pair(
         stretch: min-max stretch the fused Y to [0, 1] first (the papers' test protocol).
 
     Returns:
-        uint8 (H, W) for grey results or (H, W, 3) RGB when ``b`` is in colour.
+        uint8 (H, W) for grey results or (H, W, 3) RGB when ``b`` or ``a`` is in colour.
     """
     fused = np.asarray(fuse(luminance(a), luminance(b)), np.float64)
     if stretch:
         lo, hi = fused.min(), fused.max()
         fused = (fused - lo) / (hi - lo) if hi > lo else np.zeros_like(fused)
-    return to_8bit(fused, b)
+    return to_8bit(fused, b, a)
 
 
-def to_8bit(fused: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The 8-bit image of a fused luminance (H, W) in [0, 1] (clipped): grey, or recombined with the
-    Cb/Cr of ``b`` (C, H, W, 0-255) when ``b`` is in colour (pseudo-colour PET/SPECT)."""
+def _in_colour(img: np.ndarray | None) -> bool:
+    return img is not None and img.shape[0] >= 3 and is_colour(img)
+
+
+def to_8bit(fused: np.ndarray, b: np.ndarray, a: np.ndarray | None = None) -> np.ndarray:
+    """The 8-bit image of a fused luminance (H, W) in [0, 1] (clipped): recombined with the Cb/Cr
+    of ``b`` (C, H, W, 0-255) when ``b`` is in colour (pseudo-colour PET/SPECT), else with those of
+    ``a`` when ``a`` is in colour (a visible photograph fused with infrared), else grey."""
     fused = np.clip(np.asarray(fused, np.float64), 0.0, 1.0)
-    if b.shape[0] >= 3 and is_colour(b):
-        ycc = rgb_to_ycbcr(np.asarray(b[:3], np.float64) / 255.0, 0)
+    chroma = b if _in_colour(b) else a if _in_colour(a) else None
+    if chroma is not None:
+        ycc = rgb_to_ycbcr(np.asarray(chroma[:3], np.float64) / 255.0, 0)
         ycc[0] = fused
         rgb = ycbcr_to_rgb(ycc, 0)
         return np.clip(np.round(np.moveaxis(rgb, 0, -1) * 255), 0, 255).astype(np.uint8)

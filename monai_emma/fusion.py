@@ -246,7 +246,8 @@ def fuse_images(
     """Fuse two 2D images (PNG, JPEG, BMP, TIFF; grey or RGB) into the 8-bit image users see.
 
     Colour comes from the pixels: a second image in colour (pseudo-colour PET/SPECT) is fused on
-    luminance and recombined with its Cb/Cr; otherwise the result is grey.
+    luminance and recombined with its Cb/Cr; otherwise a colour first image (a visible photograph
+    fused with infrared) gives its Cb/Cr; otherwise the result is grey.
 
     Args:
         anatomical: the MRI (or visible) image.

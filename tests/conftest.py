@@ -52,6 +52,14 @@ def harvard_root() -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def ivf_root() -> Path:
+    root = SHARED_DATA / "ivf"
+    if not root.is_dir():
+        pytest.skip("../shared/data/ivf is not available")
+    return root
+
+
 class PickChannel:
     """A stand-in fuser that returns one input channel: makes geometry visible in tests."""
 

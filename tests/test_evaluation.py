@@ -71,3 +71,27 @@ def test_evaluate_logs_to_mlflow_sqlite(phantom_root, tmp_path, monkeypatch):
     assert "ALL.max.VIF" in metrics and "MRI_CT.mean.SSIM" in metrics
     artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id)}
     assert {"summary.md", "grid.png", "metrics.csv"} <= artifacts
+
+
+def test_evaluate_with_the_learned_peer(phantom_root, tmp_path, monkeypatch, capsys):
+    """``ifcnn`` runs from a snapshot given by path or environment variable; without one the
+    command stops before reading any pair, naming what to set."""
+    import torch
+
+    from monai_emma.networks.ifcnn import IFCNN, IFCNN_WEIGHTS_ENV
+
+    torch.manual_seed(0)
+    snapshot = tmp_path / "IFCNN-MAX.pth"
+    torch.save(IFCNN().state_dict(), snapshot)
+    res = evaluate(phantom_root, ["ifcnn", "max"], output=tmp_path / "e", progress=False, ifcnn_weights=snapshot)
+    peer = [r for r in res.rows if r["method"] == "ifcnn"]
+    assert len(peer) == 8 and all(np.isfinite(r["VIF"]) and r["SD"] >= 0 for r in peer)
+    assert set(res.summary["ALL"]) == {"ifcnn", "max"}
+    assert "| ifcnn |" in (tmp_path / "e" / "summary.md").read_text()
+    monkeypatch.setenv(IFCNN_WEIGHTS_ENV, str(snapshot))
+    assert main(["evaluate", str(phantom_root), "--methods", "ifcnn", "--output", str(tmp_path / "env")]) == 0
+    monkeypatch.delenv(IFCNN_WEIGHTS_ENV)
+    capsys.readouterr()
+    assert main(["evaluate", str(phantom_root), "--methods", "mean,ifcnn", "--output", str(tmp_path / "none")]) == 2
+    assert IFCNN_WEIGHTS_ENV in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()

@@ -124,3 +124,75 @@ def test_2d_pairs_colour_from_pixels_and_sizes(phantom_root, net, tmp_path):
         fuse_images(phantom_root / "MRI_CT" / "MRI" / "1.png", small, net)
     res = fuse_images(phantom_root / "MRI_CT" / "MRI" / "1.png", small, net, resize=True)
     assert res.fused.shape == ct.fused.shape
+
+
+def _ycbcr(rgb_hwc: np.ndarray) -> np.ndarray:
+    from monai_emma.transforms.colour import rgb_to_ycbcr
+
+    return rgb_to_ycbcr(np.moveaxis(rgb_hwc, -1, 0).astype(np.float64) / 255.0, 0)
+
+
+def test_colour_visible_keeps_its_chroma(net, tmp_path):
+    """Infrared-visible: a colour visible image (first) and a grey infrared image (second) give a
+    colour result whose luminance is the fused Y and whose Cb/Cr are the visible image's."""
+    from PIL import Image
+
+    from monai_emma.fuse2d import fuse_slice_pair, luminance, to_8bit
+
+    rng = np.random.default_rng(0)
+    vis = np.zeros((48, 64, 3), np.uint8)
+    vis[..., 0] = np.linspace(40, 220, 64)[None].astype(np.uint8)  # a red ramp, a blue block
+    vis[10:30, 20:40, 2] = 200
+    vis[..., 1] = 90
+    ir = rng.integers(0, 256, (48, 64), dtype=np.uint8)
+    fused = fuse_slice_pair(lambda ya, yb: (ya + yb) / 2, np.moveaxis(vis, -1, 0), ir[None])
+    assert fused.shape == (48, 64, 3) and fused.dtype == np.uint8
+    from monai_emma.transforms.colour import ycbcr_to_rgb
+
+    want_y = (luminance(np.moveaxis(vis, -1, 0)) + ir / 255.0) / 2
+    got = _ycbcr(fused)
+    unclipped = ycbcr_to_rgb(np.concatenate([want_y[None], _ycbcr(vis)[1:]]), 0)
+    inside = ((unclipped > 0.01) & (unclipped < 0.99)).all(0)  # pixels whose RGB is not clipped
+    assert inside.mean() > 0.3
+    assert np.abs(got[0] - want_y)[inside].max() < 3 / 255
+    assert np.abs(got[1:] - _ycbcr(vis)[1:])[:, inside].max() < 4 / 255
+    # a colour second image (PET/SPECT) still wins; two grey images stay grey
+    pet = np.stack([ir, ir // 2, 255 - ir])
+    assert (
+        np.abs(_ycbcr(to_8bit(want_y, pet, np.moveaxis(vis, -1, 0)))[1:] - _ycbcr(np.moveaxis(pet, 0, -1))[1:]).mean()
+        < 2 / 255
+    )
+    assert to_8bit(want_y, ir[None], ir[None]).ndim == 2
+    # the same through fuse_images (files, the CLI's path)
+    Image.fromarray(vis).save(tmp_path / "vi.png")
+    Image.fromarray(ir).save(tmp_path / "ir.png")
+    res = fuse_images(tmp_path / "vi.png", tmp_path / "ir.png", net)
+    assert res.fused.shape == (48, 64, 3)
+    assert np.abs(_ycbcr(res.fused)[1:] - _ycbcr(vis)[1:])[:, inside].mean() < 2 / 255
+
+
+@pytest.mark.shared_data
+def test_roadscene_colour_pairs_stay_in_colour(ivf_root, tmp_path):
+    """The shared RoadScene (FLIR) pairs: colour visible photographs come out in colour, with the
+    visible image's chroma, through ``fuse-folder`` and the shipped weights."""
+    from PIL import Image
+
+    from monai_emma.cli import main
+
+    vi, ir = ivf_root / "RoadScene" / "vi", ivf_root / "RoadScene" / "ir"
+    names = sorted(p.name for p in vi.iterdir())[:3]
+    a, b = tmp_path / "vi", tmp_path / "ir"
+    a.mkdir(), b.mkdir()
+    for n in names:
+        (a / n).write_bytes((vi / n).read_bytes())
+        (b / n).write_bytes((ir / n).read_bytes())
+    out = tmp_path / "out"
+    assert main(["fuse-folder", str(a), str(b), str(out), "--quiet"]) == 0
+    for n in names:
+        src = np.asarray(Image.open(vi / n).convert("RGB"))
+        got = np.asarray(Image.open(out / (n.rsplit(".", 1)[0] + ".png")))
+        assert got.ndim == 3 and got.shape == src.shape
+        y, ref = _ycbcr(got), _ycbcr(src)
+        inside = (y[0] > 0.1) & (y[0] < 0.9)
+        assert np.abs(y[1:] - ref[1:])[:, inside].mean() < 3 / 255  # the visible image's chroma
+        assert np.abs(y[1:] - 0.5).max() > 0.05  # really in colour

@@ -49,8 +49,8 @@ class LoadFusionPaird(MapTransform):
     units with their voxel-to-RAS affines. 2D images (PNG, JPEG, BMP, TIFF) give their luminance
     Y / 255 as ``(1, H, W, 1)``, the scale of the training slices, marked as scaled (so
     :class:`~monai_emma.transforms.ModalityScaled` leaves it), on a grid already in display
-    orientation; the second image itself (``<other>_image``, (C, H, W) 0-255) is kept for the
-    colour recombination. Our reader is used rather than MONAI's ``LoadImaged`` alone because it checks
+    orientation; the images themselves (``<anatomical>_image``, ``<other>_image``, (C, H, W) 0-255)
+    are kept for the colour recombination. Our reader is used rather than MONAI's ``LoadImaged`` alone because it checks
     DICOM series (several series, missing or uneven slices) and non-finite values, and says what
     is wrong in one line naming the file.
 
@@ -150,7 +150,7 @@ class LoadFusionPaird(MapTransform):
                     affine=torch.as_tensor(_AFFINE_2D),
                     meta={"filename_or_obj": str(vol.path), SCALED: True},
                 )
-            d[f"{b_key}_image"] = b_img
+            d[f"{a_key}_image"], d[f"{b_key}_image"] = a.array, b_img
         d[f"{a_key}_volume"], d[f"{b_key}_volume"] = a, b
         d[self.modality_key] = modality
         d["anatomical_modality"] = anatomical
@@ -237,7 +237,8 @@ def result_from_data(d: Mapping[Hashable, object], pred_key: str = "pred", secon
         from monai_emma.fuse2d import to_8bit
 
         fused, a_scaled, b_scaled = fused[..., 0], a_scaled[..., 0], b_scaled[..., 0]
-        fused = to_8bit(fused, np.asarray(d["other_image"]))
+        a_img = d.get("anatomical_image")
+        fused = to_8bit(fused, np.asarray(d["other_image"]), None if a_img is None else np.asarray(a_img))
     return FusionResult(
         fused=fused,
         anatomical=a,
