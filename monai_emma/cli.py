@@ -138,7 +138,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             device=args.device,
             mlflow_uri=args.mlflow_uri,
             precision=args.precision,
-            ifcnn_weights=args.ifcnn_weights,
+            peer_weights={"ifcnn": args.ifcnn_weights, "densefuse": args.densefuse_weights},
         )
     except (PairDataError, ValueError, FileNotFoundError) as err:
         raise CLIError(str(err)) from err
@@ -678,13 +678,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--methods",
         default="emma,mean,max,laplacian,wavelet",
-        help="comma-separated methods: emma, mean, max, laplacian, wavelet, and the learned peer ifcnn",
+        help="comma-separated methods: emma, mean, max, laplacian, wavelet, and the learned peers ifcnn, densefuse",
     )
     ev.add_argument(
         "--ifcnn-weights",
         metavar="PTH",
         help="IFCNN-MAX snapshot for --methods ...,ifcnn (default: $EMMA_IFCNN_WEIGHTS; Code/snapshots/IFCNN-MAX.pth "
         "of github.com/uzeful/IFCNN, not shipped)",
+    )
+    ev.add_argument(
+        "--densefuse-weights",
+        metavar="MODEL",
+        help="DenseFuse snapshot for --methods ...,densefuse (default: $EMMA_DENSEFUSE_WEIGHTS; "
+        "models/densefuse_gray.model of github.com/hli1221/densefuse-pytorch, not shipped)",
     )
     ev.add_argument("--weights", help="U-Fuser state dict for emma (default: the shipped weights)")
     ev.add_argument("--output", default="emma-eval", help="report folder (default: emma-eval)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +21,11 @@ import torch
 from monai_emma.data.pairs import SlicePair, data_roots, find_pairs, read_image
 from monai_emma.fuse2d import fuse_slice_pair, network_fuser
 from monai_emma.metrics import METRIC_NAMES, fusion_metrics, read_gray
+from monai_emma.networks.densefuse import densefuse_fuse_gray, load_densefuse
 from monai_emma.networks.ifcnn import ifcnn_fuse_gray, load_ifcnn
+
+#: each learned peer: (loader taking a snapshot path or None, fuse(net, a_gray, b_gray, device) -> uint8)
+_PEER_NETWORKS = {"ifcnn": (load_ifcnn, ifcnn_fuse_gray), "densefuse": (load_densefuse, densefuse_fuse_gray)}
 
 __all__ = [
     "METHODS",
@@ -35,7 +39,7 @@ __all__ = [
 ]
 
 METHODS = ("emma", "mean", "max", "laplacian", "wavelet")
-PEERS = ("ifcnn",)  # published learned networks, run from their released weights (not shipped)
+PEERS = ("ifcnn", "densefuse")  # published learned networks, run from their released weights (not shipped)
 
 
 def grey_of(image: np.ndarray) -> np.ndarray:
@@ -188,7 +192,7 @@ def evaluate(
     ids: Sequence[str] | None = None,
     zero_empty: bool = True,
     precision: str = "fp32",
-    ifcnn_weights: str | os.PathLike | None = None,
+    peer_weights: Mapping[str, str | os.PathLike | None] | None = None,
 ) -> EvaluationResult:
     """Fuse every pair under ``root`` with each method, score it, and write reports to ``output``.
 
@@ -196,7 +200,8 @@ def evaluate(
         root: Harvard- or IVF-style folder, or several (see :func:`monai_emma.data.pairs.find_pairs`);
             with several, the summary also has one group per root and per root and pair type.
         methods: any of ``emma``, ``mean``, ``max``, ``laplacian``, ``wavelet``, and the learned
-            peer ``ifcnn`` (IFCNN-MAX on the grey sources, :mod:`monai_emma.networks.ifcnn`).
+            peers ``ifcnn`` (IFCNN-MAX, :mod:`monai_emma.networks.ifcnn`) and ``densefuse``
+            (:mod:`monai_emma.networks.densefuse`), run on the grey sources like the rules.
         weights: U-Fuser state dict for ``emma``, or a shipped set by name (default: the shipped default).
         output: folder for ``metrics.csv``, ``summary.json``, ``summary.md``, ``grid.png`` (None: no files).
         grid_pairs: pairs shown in the comparison grid (0: no grid).
@@ -206,16 +211,16 @@ def evaluate(
         zero_empty: EMMA's output is 0 where both sources are (as ``fuse-folder`` writes it).
         precision: EMMA's inference precision, ``"fp32"`` (default: the reference scores), ``"bf16"``
             or ``"auto"``.
-        ifcnn_weights: IFCNN-MAX snapshot for ``ifcnn`` (default: ``$EMMA_IFCNN_WEIGHTS``).
+        peer_weights: released snapshot per peer, e.g. ``{"ifcnn": "IFCNN-MAX.pth"}`` (default: the
+            environment variables ``EMMA_IFCNN_WEIGHTS``, ``EMMA_DENSEFUSE_WEIGHTS``).
     """
     from tqdm.auto import tqdm
 
     unknown = [m for m in methods if m not in METHODS + PEERS]
     if unknown:
         raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS + PEERS)}")
-    ifcnn = None
-    if "ifcnn" in methods:  # before any pair is read: a missing snapshot fails at once
-        ifcnn = load_ifcnn(ifcnn_weights)
+    # peers load before any pair is read: a missing snapshot fails at once
+    peers = {m: _PEER_NETWORKS[m][0]((peer_weights or {}).get(m)) for m in methods if m in _PEER_NETWORKS}
     pairs: list[SlicePair] = find_pairs(root)
     if ids is not None:
         pairs = select_pairs(pairs, ids)
@@ -240,8 +245,8 @@ def evaluate(
                 out8 = fuse_slice_pair(emma, a_img, b_img)
                 images[m] = out8
                 fused_gray = grey_of(out8)
-            elif m == "ifcnn":
-                images[m] = ifcnn_fuse_gray(ifcnn, a_gray, b_gray, device)
+            elif m in peers:
+                images[m] = _PEER_NETWORKS[m][1](peers[m], a_gray, b_gray, device)
                 fused_gray = images[m].astype(np.float32)
             else:
                 fused_gray = classical_fusion_gray(m, a_gray, b_gray)

@@ -83,10 +83,21 @@ def test_evaluate_with_the_learned_peer(phantom_root, tmp_path, monkeypatch, cap
     torch.manual_seed(0)
     snapshot = tmp_path / "IFCNN-MAX.pth"
     torch.save(IFCNN().state_dict(), snapshot)
-    res = evaluate(phantom_root, ["ifcnn", "max"], output=tmp_path / "e", progress=False, ifcnn_weights=snapshot)
-    peer = [r for r in res.rows if r["method"] == "ifcnn"]
-    assert len(peer) == 8 and all(np.isfinite(r["VIF"]) and r["SD"] >= 0 for r in peer)
-    assert set(res.summary["ALL"]) == {"ifcnn", "max"}
+    from monai_emma.networks.densefuse import DenseFuse
+
+    dense = tmp_path / "densefuse_gray.model"
+    torch.save(DenseFuse().state_dict(), dense)
+    res = evaluate(
+        phantom_root,
+        ["ifcnn", "densefuse", "max"],
+        output=tmp_path / "e",
+        progress=False,
+        peer_weights={"ifcnn": snapshot, "densefuse": dense},
+    )
+    for method in ("ifcnn", "densefuse"):
+        peer = [r for r in res.rows if r["method"] == method]
+        assert len(peer) == 8 and all(np.isfinite(r["VIF"]) and r["SD"] >= 0 for r in peer)
+    assert set(res.summary["ALL"]) == {"ifcnn", "densefuse", "max"}
     assert "| ifcnn |" in (tmp_path / "e" / "summary.md").read_text()
     monkeypatch.setenv(IFCNN_WEIGHTS_ENV, str(snapshot))
     assert main(["evaluate", str(phantom_root), "--methods", "ifcnn", "--output", str(tmp_path / "env")]) == 0

@@ -16,12 +16,13 @@ give its path (``Code/snapshots/IFCNN-MAX.pth``) or set ``EMMA_IFCNN_WEIGHTS``.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from monai_emma.networks.released import load_released
 
 __all__ = ["IFCNN", "IFCNN_WEIGHTS_ENV", "load_ifcnn", "ifcnn_fuse_gray"]
 
@@ -101,27 +102,9 @@ def load_ifcnn(path: str | os.PathLike | None = None, fuse_scheme: str = "max") 
         FileNotFoundError: no path given and no environment variable set, or the file is missing.
         ValueError: the file is not an IFCNN state dict (names the file and the mismatch).
     """
-    path = path or os.environ.get(IFCNN_WEIGHTS_ENV)
-    if not path:
-        raise FileNotFoundError(
-            f"IFCNN needs its released snapshot: pass its path or set {IFCNN_WEIGHTS_ENV} "
-            "(Code/snapshots/IFCNN-MAX.pth of github.com/uzeful/IFCNN; not shipped: that repository has no licence)"
-        )
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: IFCNN snapshot not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle, zip or format errors all mean the same to the user
-        raise ValueError(f"{path}: not a readable PyTorch state dict ({err})") from err
     net = IFCNN(fuse_scheme)
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise ValueError(f"{path}: not an IFCNN snapshot: {str(err).splitlines()[0]}") from err
-    return net.eval()
+    load_released(net, path, IFCNN_WEIGHTS_ENV, "Code/snapshots/IFCNN-MAX.pth of github.com/uzeful/IFCNN")
+    return net
 
 
 def ifcnn_fuse_gray(net: IFCNN, a_gray: np.ndarray, b_gray: np.ndarray, device: str = "cpu") -> np.ndarray:

@@ -64,7 +64,7 @@ def test_load_from_path_or_environment_and_clear_errors(tmp_path, monkeypatch):
         load_ifcnn(bad)
     other = tmp_path / "other.pth"
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, other)
-    with pytest.raises(ValueError, match="other.pth: not an IFCNN snapshot"):
+    with pytest.raises(ValueError, match="other.pth: not a snapshot of IFCNN"):
         load_ifcnn(other)
 
 
