@@ -51,6 +51,8 @@ class TrainConfig:
     alpha: float = 0.1
     prior_weight: float = 0.0  # MaxFidelityPrior weight in stage 2 (not in the paper)
     prior_gradient_weight: float = 1.0  # weight of the prior's edge term inside the prior
+    # per modality of the second source, e.g. {"pet": 80, "spect": 80}; others keep the above (not in the paper)
+    prior_gradient_weight_by_modality: dict[str, float] = field(default_factory=dict)
     shifts: int = 3
     rotations: int = 3
     reflections: int = 3

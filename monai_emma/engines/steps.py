@@ -141,7 +141,7 @@ class FuserStep:
             sensed_a, sensed_b = group_a[:n], group_b[:n]
         else:
             sensed_a, sensed_b = self.sensors(fused, mod_a), self.sensors(fused, mod_b)
-        parts = self.loss_fn.components(sensed_a, a, sensed_b, b, transformed, refused, fused)
+        parts = self.loss_fn.components(sensed_a, a, sensed_b, b, transformed, refused, fused, mod_b)
         parts["fused"] = fused
         return parts
 

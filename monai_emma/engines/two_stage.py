@@ -139,7 +139,12 @@ def stage_trainer_for(
             raise ValueError("stage 2 needs the frozen pseudo-sensors")
         sensors = sensors.to(device).freeze()
         group = TransformGroup(cfg.shifts, cfg.rotations, cfg.reflections)
-        loss = EMMALoss(alpha=cfg.alpha, prior_weight=cfg.prior_weight, prior_gradient_weight=cfg.prior_gradient_weight)
+        loss = EMMALoss(
+            alpha=cfg.alpha,
+            prior_weight=cfg.prior_weight,
+            prior_gradient_weight=cfg.prior_gradient_weight,
+            prior_gradient_weight_by_modality=cfg.prior_gradient_weight_by_modality,
+        )
         step = FuserStep(sensors, loss, group, cfg.seed)
         export = lambda net: net.state_dict()  # noqa: E731
     wrapped = _distributed(network, device, stage is SENSORS, trainer_kwargs)

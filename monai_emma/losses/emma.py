@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import torch
 from torch.nn.modules.loss import _Loss
 
@@ -24,6 +26,10 @@ class EMMALoss(_Loss):
         prior_weight: weight ``beta`` of :class:`~monai_emma.losses.MaxFidelityPrior`, a term that is
             not in the paper (0, the default, is EMMA's loss exactly).
         prior_gradient_weight: the prior's edge-term weight (its ``gradient_weight``).
+        prior_gradient_weight_by_modality: optional edge-term weight per modality of the second
+            source (``{"pet": 80, "spect": 80}``), sample by sample; other modalities keep
+            ``prior_gradient_weight``. Not in the paper; used only with a prior and with the
+            modalities passed to :meth:`components`.
 
     Shapes:
         ``sensed_a``, ``a``, ``sensed_b``, ``b``: (B, 1, H, W); ``transformed`` and ``refused``:
@@ -38,12 +44,16 @@ class EMMALoss(_Loss):
         gradient_weight: float = 1.0,
         prior_weight: float = 0.0,
         prior_gradient_weight: float = 1.0,
+        prior_gradient_weight_by_modality: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__()
         self.alpha = alpha
         self.prior_weight = prior_weight
         self.fusion_loss = FusionLoss(intensity_weight, gradient_weight)
         self.prior = MaxFidelityPrior(prior_gradient_weight)
+        self.prior_gradient_weight_by_modality = {
+            k.lower(): float(v) for k, v in (prior_gradient_weight_by_modality or {}).items()
+        }
 
     def components(
         self,
@@ -54,9 +64,11 @@ class EMMALoss(_Loss):
         transformed: torch.Tensor | None = None,
         refused: torch.Tensor | None = None,
         fused: torch.Tensor | None = None,
+        modalities_b: Sequence[str] | None = None,
     ) -> dict[str, torch.Tensor]:
         """The terms and their weighted total, as a dict (``sense_a``, ``sense_b``,
-        ``equivariance``, ``total``, and ``prior`` when ``prior_weight`` is set)."""
+        ``equivariance``, ``total``, and ``prior`` when ``prior_weight`` is set). ``modalities_b``
+        names each sample's second modality (for ``prior_gradient_weight_by_modality``)."""
         out = {"sense_a": self.fusion_loss(sensed_a, a), "sense_b": self.fusion_loss(sensed_b, b)}
         if self.alpha and transformed is not None and refused is not None:
             out["equivariance"] = self.fusion_loss(refused, transformed)
@@ -66,7 +78,11 @@ class EMMALoss(_Loss):
         if self.prior_weight:
             if fused is None:
                 raise ValueError("EMMALoss with a prior needs the fused image.")
-            out["prior"] = self.prior(fused, a, b)
+            weights = None
+            if self.prior_gradient_weight_by_modality and modalities_b is not None:
+                by_mod, default = self.prior_gradient_weight_by_modality, self.prior.gradient_weight
+                weights = torch.tensor([by_mod.get(m.lower(), default) for m in modalities_b], device=fused.device)
+            out["prior"] = self.prior(fused, a, b, weights)
             out["total"] = out["total"] + self.prior_weight * out["prior"]
         return out
 

@@ -38,10 +38,20 @@ class MaxFidelityPrior(_Loss):
         super().__init__()
         self.gradient_weight = gradient_weight
 
-    def forward(self, fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor, gradient_weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The prior; ``gradient_weights`` (B,), if given, replaces ``gradient_weight`` sample by
+        sample (e.g. one edge weight per modality, see :class:`~monai_emma.losses.EMMALoss`)."""
         if not fused.shape == a.shape == b.shape:
             raise ValueError(f"shapes differ: fused {tuple(fused.shape)}, a {tuple(a.shape)}, b {tuple(b.shape)}.")
         loss = F.l1_loss(fused, torch.maximum(a, b))
+        if gradient_weights is not None:
+            if gradient_weights.shape != fused.shape[:1]:
+                raise ValueError(f"gradient_weights must be ({fused.shape[0]},), got {tuple(gradient_weights.shape)}")
+            target = torch.maximum(sobel_gradients(a).abs(), sobel_gradients(b).abs())
+            per_sample = (sobel_gradients(fused).abs() - target).abs().flatten(1).mean(1)
+            return loss + (gradient_weights.to(per_sample) * per_sample).mean()
         if self.gradient_weight:
             target = torch.maximum(sobel_gradients(a).abs(), sobel_gradients(b).abs())
             loss = loss + self.gradient_weight * F.l1_loss(sobel_gradients(fused).abs(), target)

@@ -71,3 +71,30 @@ def test_emma_loss_adds_the_prior_only_when_weighted():
     assert fused.grad is not None and fused.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="needs the fused image"):
         EMMALoss(prior_weight=1.0).components(a, a, b, b)
+
+
+def test_prior_edge_weight_per_modality():
+    """``prior_gradient_weight_by_modality`` weighs each sample's edge term by its second modality;
+    equal weights give the scalar prior, and modalities without an entry keep the default."""
+    from monai_emma.losses import EMMALoss, MaxFidelityPrior
+
+    torch.manual_seed(0)
+    f, a, b = (torch.rand(3, 1, 12, 12) for _ in range(3))
+    prior = MaxFidelityPrior(40.0)
+    torch.testing.assert_close(prior(f, a, b, torch.full((3,), 40.0)), prior(f, a, b))
+    per = [MaxFidelityPrior(w)(f[i : i + 1], a[i : i + 1], b[i : i + 1]) for i, w in enumerate((40.0, 80.0, 80.0))]
+    torch.testing.assert_close(prior(f, a, b, torch.tensor([40.0, 80.0, 80.0])), torch.stack(per).mean())
+    with pytest.raises(ValueError, match="gradient_weights"):
+        prior(f, a, b, torch.ones(2))
+    loss = EMMALoss(
+        alpha=0.0, prior_weight=3.0, prior_gradient_weight=40.0, prior_gradient_weight_by_modality={"PET": 80}
+    )
+    plain = EMMALoss(alpha=0.0, prior_weight=3.0, prior_gradient_weight=40.0)
+    args = (f, a, f, b, None, None, f)
+    mixed = loss.components(*args, modalities_b=["ct", "pet", "spect"])["prior"]
+    torch.testing.assert_close(mixed, prior(f, a, b, torch.tensor([40.0, 80.0, 40.0])))
+    # without modalities (or without the option) the loss is the plain one
+    torch.testing.assert_close(loss.components(*args)["total"], plain.components(*args)["total"])
+    torch.testing.assert_close(
+        plain.components(*args, modalities_b=["pet"] * 3)["total"], plain.components(*args)["total"]
+    )
