@@ -40,6 +40,10 @@ def _history(path: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    return a.is_file() and b.is_file() and a.read_bytes() == b.read_bytes()
+
+
 def _package_file(kind: str, name: str) -> str:
     return f"emma_{kind}_{name}.pt"
 
@@ -74,10 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     info_path = WEIGHTS / "weights.json"
     record: dict = json.loads(info_path.read_text()) if info_path.exists() else {"format": 2, "sets": {}}
 
+    new_files = {"ufuser": run.weights(FUSER), "sensors": run.weights(SENSORS)}
     if args.default:
         old = record.get("default")
         if old and old != args.name:  # the previous default leaves the bundle for the package folder
             for kind, bundle_name in BUNDLE_FILES.items():
+                if kind == "sensors" and _same_file(MODELS / bundle_name, new_files[kind]):
+                    # a fine-tune keeps its sensors: one copy, the old set refers to the new one's
+                    record["sets"][old][kind] = f"set:{args.name}"
+                    continue
                 shutil.move(MODELS / bundle_name, WEIGHTS / _package_file(kind, old))
                 record["sets"][old][kind] = _package_file(kind, old)
         entries = {kind: f"bundle:{bundle_name}" for kind, bundle_name in BUNDLE_FILES.items()}
@@ -134,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             "alpha": cfg["alpha"],
             "prior_weight": cfg.get("prior_weight", 0.0),
             "prior_gradient_weight": cfg.get("prior_gradient_weight", 1.0),
+            "prior_gradient_weight_by_modality": cfg.get("prior_gradient_weight_by_modality", {}),
             "seed": cfg["seed"],
             "wall_minutes": {k: v["wall_minutes"] for k, v in stages.items()},
             "validation": record["sets"][args.name]["validation"].get("ALL", {}),

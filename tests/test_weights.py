@@ -106,3 +106,12 @@ def test_bundle_metadata_records_the_default():
     assert shipped["fuser_epochs"] == record["stages"]["fuser"]["epochs"]
     assert shipped["sensor_epochs"] == record["stages"]["sensors"]["epochs"]
     assert shipped["prior_weight"] == record["config"].get("prior_weight", 0.0)
+
+
+def test_a_set_may_share_another_sets_file():
+    """v2.1's sensors are v3's (v3 continued v2.1's stage 2 with the same sensors): the record says
+    ``set:v3`` and the file is found wherever v3's is, with one copy in the repository."""
+    assert weights_info()["sets"]["v2.1"]["sensors"] == "set:v3"
+    assert SensorWeights.V2_1.path == SensorWeights.V3.path
+    assert SensorWeights.V2_1.get_state_dict().keys() == SensorWeights.V3.get_state_dict().keys()
+    assert UFuserWeights.V2_1.path != UFuserWeights.V3.path

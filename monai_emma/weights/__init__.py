@@ -1,8 +1,10 @@
 """Shipped weights, typed in the torchvision manner: :class:`UFuserWeights` and :class:`SensorWeights`.
 
 Each member is one shipped set (``V1``: Harvard only; ``V2``: Harvard + AANLIB, 12 stage-2 epochs;
-``V2_1``, named ``"v2.1"``: the same schedule finished, 20 epochs) and ``DEFAULT`` is an alias of
-the current one. Members carry ``.meta`` (version, parameter count,
+``V2_1``, named ``"v2.1"``: the same schedule finished, 20 epochs; ``V3``: v2.1 continued for 6
+epochs with a stronger edge prior for MRI-PET/SPECT) and ``DEFAULT`` is an alias of the current
+one. A set may share another set's file (``"set:v3"`` in ``weights.json``: v2.1's sensors are
+v3's). Members carry ``.meta`` (version, parameter count,
 training recipe and data, validation scores, how and where they were trained) and
 ``.transforms`` (the intensity preprocessing the weights expect, per modality)::
 
@@ -44,6 +46,7 @@ __all__ = [
 
 WEIGHTS_DIR = Path(__file__).resolve().parent
 _BUNDLE_PREFIX = "bundle:"
+_SET_PREFIX = "set:"
 
 
 def weights_info() -> dict[str, Any]:
@@ -77,6 +80,8 @@ class Weights:
     @property
     def path(self) -> Path:
         entry = self.record[self.kind]
+        if entry.startswith(_SET_PREFIX):  # the same file as another set's (e.g. sensors kept by a fine-tune)
+            return Weights(entry[len(_SET_PREFIX) :], self.kind).path
         if entry.startswith(_BUNDLE_PREFIX):
             path = bundle_models_dir() / entry[len(_BUNDLE_PREFIX) :]
         else:
