@@ -194,14 +194,16 @@ def test_two_stage_training_with_mlflow_and_resume(phantom_root, second_root, tm
     from monai_emma.networks import UFuser
 
     UFuser().load_state_dict(torch.load(model, weights_only=True))  # a U-Fuser state dict
-    mlflow.set_tracking_uri(uri)
-    runs = mlflow.search_runs(experiment_names=["emma-bundle"])
+    from monai_emma.extras import scoped_tracking_uri
+
+    with scoped_tracking_uri(uri):  # the process's MLflow URI is left as it was
+        runs = mlflow.search_runs(experiment_names=["emma-bundle"])
     assert sorted(runs["tags.mlflow.runName"]) == ["fuser", "sensors"] and set(runs["status"]) == {"FINISHED"}
     fuser = runs[runs["tags.mlflow.runName"] == "fuser"].iloc[0]
     for key in ("metrics.val_loss", "metrics.val_VIF", "metrics.val_Qabf", "metrics.train_total", "metrics.lr"):
         assert np.isfinite(fuser[key]), key
     assert fuser["params.recipe"] == "cpu" and fuser["params.stage"] == "fuser"
-    artifacts = [a.path for a in mlflow.MlflowClient().list_artifacts(fuser["run_id"])]
+    artifacts = [a.path for a in mlflow.MlflowClient(uri).list_artifacts(fuser["run_id"])]
     assert any(a.startswith("config_") and a.endswith(".json") for a in artifacts)  # the executed config
     # a second run with more epochs resumes from the epoch-1 checkpoint
     _run("train_sensors.json", **{**common, "epochs": 2})

@@ -91,10 +91,11 @@ def _fuse_like_checkpoint(client, model_uri: str, weights: Path) -> None:
     """The registered U-Fuser, loaded back from the server, fuses a pair as the final checkpoint does."""
     import mlflow
 
+    from monai_emma.extras import scoped_tracking_uri
     from monai_emma.networks import UFuser
 
-    mlflow.set_tracking_uri(client.tracking_uri)
-    served = mlflow.pyfunc.load_model(model_uri)
+    with scoped_tracking_uri(client.tracking_uri):  # the process's MLflow URI is left as it was
+        served = mlflow.pyfunc.load_model(model_uri)
     x = torch.rand(1, 2, 64, 64, generator=torch.Generator().manual_seed(0))
     net = UFuser()
     net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))

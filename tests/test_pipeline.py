@@ -125,8 +125,10 @@ def test_two_workers_both_stages_failure_resume_register_and_rerun(ray_env, phan
     x = np.random.default_rng(0).random((2, 2, 44, 70), dtype=np.float32)
     with torch.inference_mode():
         expected = net(torch.from_numpy(x)).numpy()
-    mlflow.set_tracking_uri(uri)
-    got = mlflow.pyfunc.load_model(f"models:/emma-ufuser/{version.version}").predict(x)
+    from monai_emma.extras import scoped_tracking_uri
+
+    with scoped_tracking_uri(uri):  # the process's MLflow URI is left as it was (later tests share it)
+        got = mlflow.pyfunc.load_model(f"models:/emma-ufuser/{version.version}").predict(x)
     np.testing.assert_allclose(got, expected, atol=1e-5)
     a, b = phantom_root / "MRI_PET" / "MRI" / "1.png", phantom_root / "MRI_PET" / "PET" / "1.png"
     out_uri, out_ckpt = tmp_path / "uri.png", tmp_path / "ckpt.png"
