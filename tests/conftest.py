@@ -21,19 +21,6 @@ def pytest_configure(config) -> None:
         torch.set_num_threads(1)
 
 
-def _group(item) -> str | None:
-    mark = item.get_closest_marker("xdist_group")
-    return str(mark.args[0]) if mark and mark.args else None
-
-
-def pytest_collection_modifyitems(config, items) -> None:
-    """The longest chains first: the Ray tests (one group, one worker, about four minutes) and the
-    ONNX exports start at once, so the other worker runs everything else beside them instead of
-    one of them running alone at the end. Order within each part is kept."""
-    rank = {"ray": 0, "onnx": 1}
-    items.sort(key=lambda item: rank.get(_group(item) or "", 2))
-
-
 def write_phantom_dataset(root: Path, size: int = 64, n: int = 4, modalities=("CT", "PET")) -> Path:
     from monai_emma.data.phantom import write_phantom_pairs
 
