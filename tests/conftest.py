@@ -44,20 +44,21 @@ def one_type_root(tmp_path_factory) -> Path:
     return write_phantom_dataset(tmp_path_factory.mktemp("one_type") / "ct7", n=7, modalities=("CT",))
 
 
+def _shared(name: str) -> Path:
+    root = SHARED_DATA / name
+    if not root.is_dir():
+        pytest.skip(f"../shared/data/{name} is not available")
+    return root
+
+
 @pytest.fixture(scope="session")
 def harvard_root() -> Path:
-    root = SHARED_DATA / "harvard"
-    if not root.is_dir():
-        pytest.skip("../shared/data/harvard is not available")
-    return root
+    return _shared("harvard")
 
 
 @pytest.fixture(scope="session")
 def ivf_root() -> Path:
-    root = SHARED_DATA / "ivf"
-    if not root.is_dir():
-        pytest.skip("../shared/data/ivf is not available")
-    return root
+    return _shared("ivf")
 
 
 class PickChannel:

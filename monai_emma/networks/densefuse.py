@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from monai_emma.networks.released import load_released
+from monai_emma.networks.released import check_sources, load_released
 
 __all__ = ["DenseFuse", "DENSEFUSE_WEIGHTS_ENV", "load_densefuse", "densefuse_fuse_gray"]
 
@@ -89,11 +89,7 @@ class DenseFuse(nn.Module):
         return self.conv5(self.conv4(self.conv3(self.conv2(code))))
 
     def forward(self, *sources: torch.Tensor) -> torch.Tensor:
-        if len(sources) < 2:
-            raise ValueError(f"DenseFuse fuses two or more sources, got {len(sources)}")
-        shapes = {tuple(s.shape) for s in sources}
-        if len(shapes) != 1 or len(next(iter(shapes))) != 4 or next(iter(shapes))[1] != 1:
-            raise ValueError(f"DenseFuse takes same-sized (B, 1, H, W) sources, got {sorted(shapes)}")
+        check_sources(sources, 1, "DenseFuse")
         code = self.encode(sources[0])
         for s in sources[1:]:
             code = code + self.encode(s)

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from monai_emma.networks.released import load_released
+from monai_emma.networks.released import check_sources, load_released
 
 __all__ = ["IFCNN", "IFCNN_WEIGHTS_ENV", "load_ifcnn", "ifcnn_fuse_gray"]
 
@@ -76,11 +76,7 @@ class IFCNN(nn.Module):
         return self.conv2(self.conv1(F.pad(x, (3, 3, 3, 3), mode="replicate")))
 
     def forward(self, *sources: torch.Tensor) -> torch.Tensor:
-        if len(sources) < 2:
-            raise ValueError(f"IFCNN fuses two or more sources, got {len(sources)}")
-        shapes = {tuple(s.shape) for s in sources}
-        if len(shapes) != 1 or len(next(iter(shapes))) != 4 or next(iter(shapes))[1] != 3:
-            raise ValueError(f"IFCNN takes same-sized (B, 3, H, W) sources, got {sorted(shapes)}")
+        check_sources(sources, 3, "IFCNN")
         fused = self.features(sources[0])
         for s in sources[1:]:
             f = self.features(s)

@@ -12,7 +12,17 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-__all__ = ["load_released"]
+__all__ = ["load_released", "check_sources"]
+
+
+def check_sources(sources: tuple[torch.Tensor, ...], channels: int, name: str) -> None:
+    """Two or more same-sized (B, ``channels``, H, W) tensors, else a ValueError naming ``name``."""
+    if len(sources) < 2:
+        raise ValueError(f"{name} fuses two or more sources, got {len(sources)}")
+    shapes = {tuple(s.shape) for s in sources}
+    shape = next(iter(shapes))
+    if len(shapes) != 1 or len(shape) != 4 or shape[1] != channels:
+        raise ValueError(f"{name} takes same-sized (B, {channels}, H, W) sources, got {sorted(shapes)}")
 
 
 def load_released(net: nn.Module, path: str | os.PathLike | None, env_var: str, where: str) -> nn.Module:
