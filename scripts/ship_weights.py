@@ -83,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         old = record.get("default")
         if old and old != args.name:  # the previous default leaves the bundle for the package folder
             for kind, bundle_name in BUNDLE_FILES.items():
-                if kind == "sensors" and _same_file(MODELS / bundle_name, new_files[kind]):
-                    # a fine-tune keeps its sensors: one copy, the old set refers to the new one's
+                if _same_file(MODELS / bundle_name, new_files[kind]):
+                    # e.g. a fine-tune keeps its sensors: one copy, the old set refers to the new one's
                     record["sets"][old][kind] = f"set:{args.name}"
                     continue
                 shutil.move(MODELS / bundle_name, WEIGHTS / _package_file(kind, old))

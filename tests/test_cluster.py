@@ -28,7 +28,11 @@ if not sys.platform.startswith("linux"):
 
 from tests.loopback_cluster import LoopbackCluster  # noqa: E402
 
-pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.xdist_group("ray-cluster")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+    pytest.mark.xdist_group("ray-cluster"),
+]
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--override", "sensor_samples_per_epoch=32", "--override", "fuser_samples_per_epoch=8"]

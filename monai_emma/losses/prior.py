@@ -45,14 +45,13 @@ class MaxFidelityPrior(_Loss):
         sample (e.g. one edge weight per modality, see :class:`~monai_emma.losses.EMMALoss`)."""
         if not fused.shape == a.shape == b.shape:
             raise ValueError(f"shapes differ: fused {tuple(fused.shape)}, a {tuple(a.shape)}, b {tuple(b.shape)}.")
+        if gradient_weights is not None and gradient_weights.shape != fused.shape[:1]:
+            raise ValueError(f"gradient_weights must be ({fused.shape[0]},), got {tuple(gradient_weights.shape)}")
         loss = F.l1_loss(fused, torch.maximum(a, b))
-        if gradient_weights is not None:
-            if gradient_weights.shape != fused.shape[:1]:
-                raise ValueError(f"gradient_weights must be ({fused.shape[0]},), got {tuple(gradient_weights.shape)}")
-            target = torch.maximum(sobel_gradients(a).abs(), sobel_gradients(b).abs())
-            per_sample = (sobel_gradients(fused).abs() - target).abs().flatten(1).mean(1)
-            return loss + (gradient_weights.to(per_sample) * per_sample).mean()
-        if self.gradient_weight:
-            target = torch.maximum(sobel_gradients(a).abs(), sobel_gradients(b).abs())
-            loss = loss + self.gradient_weight * F.l1_loss(sobel_gradients(fused).abs(), target)
-        return loss
+        if gradient_weights is None and not self.gradient_weight:
+            return loss
+        target = torch.maximum(sobel_gradients(a).abs(), sobel_gradients(b).abs())
+        edge = (sobel_gradients(fused).abs() - target).abs()
+        if gradient_weights is None:
+            return loss + self.gradient_weight * edge.mean()
+        return loss + (gradient_weights.to(edge) * edge.flatten(1).mean(1)).mean()

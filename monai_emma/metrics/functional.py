@@ -170,16 +170,12 @@ def _gauss_1d(n: int, device) -> torch.Tensor:
     return g / g.sum()
 
 
+@functools.lru_cache(maxsize=256)
 def _band(n: int, g: torch.Tensor, step: int = 1) -> torch.Tensor:
     """Matrix whose rows slide the k taps of ``g`` (every ``step``-th position): ``band @ x``
     filters the rows of ``x`` ('valid' correlation; the windows here are symmetric, so also
     convolution). Built once per (size, window, step): the windows come from the cached
     :func:`_gauss_1d`, so ``g`` identifies them."""
-    return _band_cached(n, g, step)
-
-
-@functools.lru_cache(maxsize=256)
-def _band_cached(n: int, g: torch.Tensor, step: int) -> torch.Tensor:
     k = g.numel()
     starts = torch.arange(0, n - k + 1, step, device=g.device)
     out = torch.zeros(starts.numel(), n, dtype=g.dtype, device=g.device)
