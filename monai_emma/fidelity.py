@@ -162,9 +162,12 @@ def fidelity_report(
     result: FusionResult,
     sensors: torch.nn.Module | None = None,
     thresholds: dict[str, float] | None = None,
+    progress: bool = False,
 ) -> FidelityReport:
     """Per-slice fidelity of a fusion (axial slices in display orientation for volumes; one slice
     for a 2D pair), with the shipped pseudo-sensors unless ``sensors`` is given.
+
+    ``progress`` shows a bar over the slices (a 1 mm head takes about a minute on 2 cores).
 
     Example:
         >>> result = fuse_volumes("mri.nii.gz", "pet.nii.gz")  # doctest: +SKIP
@@ -194,7 +197,9 @@ def fidelity_report(
             fused = rgb_to_ycbcr(fused, -1)[..., 0]
         stacks = [v[..., None] for v in (fused, result.anatomical_scaled, result.other_scaled)]
     f, a, b = (np.asarray(s, np.float32) for s in stacks)
-    for k in range(f.shape[-1]):
+    from tqdm.auto import tqdm
+
+    for k in tqdm(range(f.shape[-1]), desc="report", unit="slice", disable=not progress or f.shape[-1] == 1):
         entry = {"index": k, **slice_fidelity(f[..., k], a[..., k], b[..., k], report.modalities, bank, thresholds)}
         if k > 0 and result.is_3d:
             fg = ((a[..., k] > FOREGROUND) | (b[..., k] > FOREGROUND)) | (

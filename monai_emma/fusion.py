@@ -130,6 +130,8 @@ def _fuse(
         if isinstance(cause, FusionError | VolumeReadError):
             raise cause from None
         raise
+    if d.get("kind") == "volume" and d.get("scaling"):  # which window and scaling each image got
+        d.setdefault("notes", []).append("scaling: " + "; ".join(d["scaling"].values()))
     if model is None:
         from monai_emma.model_source import resolve_fuser
 

@@ -19,7 +19,7 @@ LAYERS = [
     ("monai_emma.io", "monai_emma.fuse2d", "monai_emma.inferers", "monai_emma.fidelity", "monai_emma.viewer"),
     ("monai_emma.engines", "monai_emma.model_source", "monai_emma.registry", "monai_emma.serving"),
     ("monai_emma.fusion", "monai_emma.evaluation"),
-    ("monai_emma.bundle", "monai_emma.pipeline", "monai_emma.cli"),
+    ("monai_emma.bundle", "monai_emma.pipeline", "monai_emma.cli", "monai_emma.__main__"),
 ]
 
 
@@ -130,7 +130,7 @@ def state():
     return loggers, list(warnings.filters), torch.get_num_threads()
 before = state()
 for m in pkgutil.walk_packages(monai_emma.__path__, "monai_emma."):
-    if not m.name.startswith("monai_emma.pipeline"):
+    if not m.name.startswith("monai_emma.pipeline") and not m.name.endswith("__main__"):  # __main__ runs the CLI
         importlib.import_module(m.name)
 after = state()
 changed = {n: (before[0].get(n), lvl) for n, lvl in after[0].items() if n in before[0] and before[0][n] != lvl}

@@ -253,6 +253,8 @@ def result_from_data(d: Mapping[Hashable, object], pred_key: str = "pred", secon
         notes=list(d.get("notes") or []),
         registration=d.get("registration"),
         anatomical_modality=str(d.get("anatomical_modality") or "mri"),
+        anatomical_scale=tuple(float(v) for v in d.get("anatomical_scale", (0.0, 1.0))),
+        scaling=dict(d.get("scaling") or {}),
     )
 
 

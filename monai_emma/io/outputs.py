@@ -5,6 +5,7 @@ optional colour rendering and a preview montage. Shared by ``monai-emma fuse`` a
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +23,7 @@ __all__ = [
     "preview_slices",
     "save_preview",
     "write_fusion",
+    "fusion_targets",
     "check_output",
     "OUTPUT_FORMATS",
 ]
@@ -63,6 +65,34 @@ def check_output(output: str | os.PathLike, fmt: str, is_3d: bool, anatomical_ki
         raise ValueError(
             f"{output}: DICOM output needs a DICOM anatomical series (the anatomical input is {anatomical_kind})"
         )
+
+
+def fusion_targets(
+    output: str | os.PathLike,
+    fmt: str,
+    colour: bool = False,
+    overlay: bool = False,
+    preview: str | os.PathLike | None = None,
+    registered: bool = False,
+) -> dict[str, Path]:
+    """Every file :func:`write_fusion` may write for these options, by label (``fused``,
+    ``colour``, ``overlay``, ``preview``, ``transform``): known before any input is read, so a
+    command can check them all first.
+
+    Example:
+        >>> sorted(fusion_targets("f.nii.gz", "nifti", colour=True, registered=True).values())
+        [PosixPath('f.nii.gz'), PosixPath('f_colour.nii.gz'), PosixPath('f_registration.tfm')]
+    """
+    targets = {"fused": Path(output)}
+    if colour:
+        targets["colour"] = rendering_path(output, fmt, "colour")
+    if overlay:
+        targets["overlay"] = rendering_path(output, fmt, "overlay")
+    if preview:
+        targets["preview"] = Path(preview)
+    if registered:  # the transform that aligned the second modality, for ITK/Slicer
+        targets["transform"] = rendering_path(output, fmt, "registration").with_suffix("").with_suffix(".tfm")
+    return targets
 
 
 def rendering_path(output: str | os.PathLike, fmt: str, label: str) -> Path:
@@ -154,6 +184,7 @@ def write_fusion(
     preview: str | os.PathLike | None = None,
     overwrite: bool = False,
     overlay: OverlayStyle | None = None,
+    stage: Callable[[Path], Path] | None = None,
 ) -> dict[str, Path]:
     """Write a fusion result; every file goes to a temporary name first.
 
@@ -167,6 +198,8 @@ def write_fusion(
         overwrite: replace existing outputs.
         overlay: also write the viewer-style overlay (grey fusion, thresholded semi-transparent
             colour of the functional image) to :func:`rendering_path` with ``overlay``.
+        stage: where to write each target instead (e.g. :meth:`~monai_emma.io.atomic.OutputSet.path`,
+            so that a command publishes all its outputs together); the targets are returned.
 
     Returns:
         ``{"fused": path, "colour": path, "overlay": path, "preview": path, "transform": path}``
@@ -184,7 +217,6 @@ def write_fusion(
     fmt = output_format(output, fmt)
     a = result.anatomical
     check_output(output, fmt, result.is_3d, a.kind)
-    targets = {"fused": Path(output)}
     renderings: dict[str, np.ndarray] = {}
     grey = None
     if result.is_3d:
@@ -193,20 +225,18 @@ def write_fusion(
         grey = result.fused.astype(np.float64) / 255.0
     if colormap and grey is not None:
         renderings["colour"] = colourise(grey, result.other_scaled, colormap)
-        targets["colour"] = rendering_path(output, fmt, "colour")
     if overlay is not None:
         luminance = grey if grey is not None else _luma(result.fused)
         renderings["overlay"] = paint_overlay(
             luminance, result.other_scaled, overlay.colormap, overlay.scaled_threshold(result), overlay.opacity
         )
-        targets["overlay"] = rendering_path(output, fmt, "overlay")
-    if preview:
-        targets["preview"] = Path(preview)
-    if result.registration is not None:  # the transform that aligned the second modality, for ITK/Slicer
-        targets["transform"] = rendering_path(output, fmt, "registration").with_suffix("").with_suffix(".tfm")
+    targets = fusion_targets(
+        output, fmt, "colour" in renderings, "overlay" in renderings, preview, result.registration is not None
+    )
     existing = [str(p) for p in targets.values() if p.exists()]
-    if existing and not overwrite:
+    if existing and not overwrite and stage is None:
         raise FileExistsError(f"{existing[0]}: output exists (use --overwrite to replace it)")
+    where = {label: (stage(p) if stage else p) for label, p in targets.items()}
 
     base = {"ct": "CT", "vis": "VIS"}.get(result.anatomical_modality, "MR")
     mods = f"{(a.modality or base).upper()} + {(result.modality or 'other').upper()}"
@@ -216,14 +246,14 @@ def write_fusion(
     if fmt == "png":
         from monai_emma.io.png import save_png
 
-        save_png(result.fused, targets["fused"])
+        save_png(result.fused, where["fused"])
         for label, image in renderings.items():
-            save_png(image, targets[label])
+            save_png(image, where[label])
     else:
         from monai_emma.io.nifti import save_nifti_like
 
         if fmt == "nifti":
-            save_nifti_like(result.fused, a, targets["fused"], overwrite=True, description=description)
+            save_nifti_like(result.fused, a, where["fused"], overwrite=True, description=description)
         else:
             from monai_emma.io.dicom import write_derived_series
 
@@ -231,20 +261,20 @@ def write_fusion(
             write_derived_series(
                 result.fused,
                 a,
-                targets["fused"],
+                where["fused"],
                 description=description,
                 series_description=f"EMMA fused {mods}",
                 overwrite=True,
                 source_uids=uids,
             )
         for label, image in renderings.items():
-            save_nifti_like(image, a, targets[label], overwrite=True, description=f"{description}, {label}")
+            save_nifti_like(image, a, where[label], overwrite=True, description=f"{description}, {label}")
     if preview:
-        save_preview(result, targets["preview"], renderings)
+        save_preview(result, where["preview"], renderings)
     if "transform" in targets:
         from monai_emma.transforms.registration import write_transform
 
-        write_transform(result.registration, targets["transform"])
+        write_transform(result.registration, where["transform"])
     return targets
 
 

@@ -32,6 +32,8 @@ class FusionResult:
         registration: the :class:`~monai_emma.transforms.registration.Registration` applied to the
             second modality (``--register``), or None.
         anatomical_modality: ``"mri"``, ``"ct"`` (PET/CT, SPECT/CT) or ``"vis"`` (infrared pairs).
+        anatomical_scale: the anatomical image's values (HU for a CT base) that became 0 and 1.
+        scaling: how each image was scaled, ``{"anatomical": "...", "other": "..."}`` (for notes).
     """
 
     fused: np.ndarray
@@ -47,6 +49,8 @@ class FusionResult:
     notes: list[str] = field(default_factory=list)
     registration: Any = None
     anatomical_modality: str = "mri"
+    anatomical_scale: tuple[float, float] = (0.0, 1.0)
+    scaling: dict[str, str] = field(default_factory=dict)
 
     @property
     def is_3d(self) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -61,11 +61,17 @@ class IntensityRule:
     ``kind="window"``: ``low`` and ``high`` are values (e.g. Hounsfield units).
     ``kind="percentile"``: ``low`` and ``high`` are percentiles of the foreground (voxels above
     the image minimum, so background and padding do not dilute them).
+
+    ``units="HU"`` marks a window that only a CT can take (the presets of :data:`CT_WINDOWS`, a
+    CT base's window): :class:`ModalityScaled` refuses it for any other modality. ``label`` is
+    what the user wrote (``"--window lung"``), for messages. Neither takes part in comparisons.
     """
 
     kind: str
     low: float
     high: float
+    units: str | None = field(default=None, compare=False, repr=False)
+    label: str | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.kind not in ("window", "percentile"):
@@ -122,7 +128,7 @@ def ct_window(text: str) -> IntensityRule:
     """
     key = text.strip().lower().replace("_", "-").replace(" ", "-")
     if key in CT_WINDOWS:
-        return IntensityRule("window", *CT_WINDOWS[key])
+        return IntensityRule("window", *CT_WINDOWS[key], units="HU", label=text)
     try:
         low, high = (float(v) for v in text.replace(":", ",").split(","))
     except ValueError:
@@ -131,7 +137,7 @@ def ct_window(text: str) -> IntensityRule:
         ) from None
     if not high > low:
         raise ValueError(f"{text!r}: LOW must be below HIGH")
-    return IntensityRule("window", low, high)
+    return IntensityRule("window", low, high, label=text)
 
 
 def intensity_bounds(img: np.ndarray, rule: IntensityRule) -> tuple[float, float]:
@@ -252,19 +258,53 @@ class ModalityScaled(MapTransform):
         else:  # one rule per key
             self.rules, self.key_rules = {}, dict(zip(self.keys, rules))
 
-    def scaler(self, key: Hashable, data: Mapping[Hashable, object]) -> Transform:
+    def scaler(self, key: Hashable, data: Mapping[Hashable, object]) -> ModalityScale:
+        """The scaling of ``key``.
+
+        Raises:
+            FusionError: a CT-only window (``units="HU"``) for an image that is not CT.
+        """
         modality = self.modalities.get(key) or str(data[self.modality_key]).lower()
         rule = self.key_rules.get(key) or self.rules.get(modality)
+        if rule is not None and rule.units == "HU" and modality != "ct":
+            from monai_emma.errors import FusionError
+
+            volume = data.get(f"{key}_volume")
+            name = getattr(getattr(volume, "path", None), "name", None) or str(key)
+            what = rule.label or f"window [{rule.low:g}, {rule.high:g}] HU"
+            raise FusionError(
+                f"{what}: a CT window in HU, but {name} is {modality.upper()}; "
+                + (
+                    "give LOW,HIGH in its own units (SUV or stored values) or --percentiles"
+                    if key != "anatomical"
+                    else "use --mri-percentiles, or --anatomical-modality ct if it is a CT"
+                )
+            )
         return ModalityScale(modality, rule)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
+        scaling = dict(d.get("scaling") or {})
         for key in self.key_iterator(d):
             img = d[key]
             if getattr(img, "meta", {}).get(SCALED):
                 d[f"{key}_scale"] = (0.0, 1.0)
+                scaling[str(key)] = "8-bit luminance / 255"
             else:
                 scaler = self.scaler(key, d)
-                d[f"{key}_scale"] = scaler.bounds(img)
+                d[f"{key}_scale"] = lo, hi = scaler.bounds(img)
                 d[key] = scaler(img)
+                units = str(d.get(f"{key}_units") or ("HU" if scaler.modality == "ct" else ""))
+                scaling[str(key)] = _describe_scaling(scaler, lo, hi, units)
+        d["scaling"] = scaling
         return d
+
+
+def _describe_scaling(scaler: ModalityScale, lo: float, hi: float, units: str) -> str:
+    """``"CT: window [-100, 300] HU"``, ``"PET (SUVbw): window [0, 8]"``,
+    ``"MRI: percentiles [0.5, 99.5] of the foreground (12.5 to 845)"``."""
+    name = scaler.modality.upper() + (f" ({units})" if units and units != "HU" else "")
+    unit = " HU" if units == "HU" else ""
+    if scaler.rule.kind == "window":
+        return f"{name}: window [{lo:g}, {hi:g}]{unit}"
+    return f"{name}: {scaler.rule.describe()} ({lo:.4g} to {hi:.4g}{unit})"
