@@ -38,6 +38,14 @@ def test_metadata_and_the_bundle_models():
     assert image["num_channels"] == 2 and image["channel_def"]["0"].startswith("MRI")
     assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == 1
     assert "sensor_data_format" in meta
+    # MONAI's tools build their test input from spatial_shape (n = 1): it must be a size an exported graph takes
+    from monai.bundle.scripts import _get_fake_spatial_shape
+
+    from monai_emma.networks.export import MIN_SIZE
+
+    for fmt in (image, meta["network_data_format"]["outputs"]["pred"]):
+        assert min(_get_fake_spatial_shape(fmt["spatial_shape"])) >= MIN_SIZE
+    assert "any H and W" in meta["spatial_shape_note"]
     # the bundle's models are the shipped default weights, and stay small
     assert sum(p.stat().st_size for p in (BUNDLE / "models").iterdir()) < 20 * 2**20
     assert (BUNDLE / "LICENSE").is_file() and "Intended use" in (BUNDLE / "docs" / "README.md").read_text()
@@ -309,3 +317,39 @@ def test_monai_onnx_export_has_dynamic_sizes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     net = ufuser(weights=UFuserWeights.DEFAULT)
     assert check_onnx(path, net, [(1, 256, 256), (2, 97, 131), (1, 16, 16)]) < 1e-5
+
+
+def test_monai_verify_net_in_out_from_the_metadata_alone():
+    """`python -m monai.bundle verify_net_in_out` with the bundle's own metadata, no args file and no --n."""
+    cmd = [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def"]
+    cmd += ["--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json", "--device", "cpu"]
+    proc = subprocess.run(cmd, cwd=BUNDLE, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "verified with no error" in proc.stdout + proc.stderr
+
+
+def test_monai_onnx_export_from_the_metadata_alone(tmp_path):
+    """`python -m monai.bundle onnx_export` without an args file or --input_shape: the example input comes
+    from metadata.json's spatial_shape (16 x 16 for n = 1; 8 x 8 made the export fail)."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    path = tmp_path / "model.onnx"
+    cmd = [sys.executable, "-m", "monai.bundle", "onnx_export", "network_def"]
+    cmd += ["--config_file", "configs/inference.json", "--meta_file", "configs/metadata.json"]
+    cmd += ["--ckpt_file", "models/model.pt", "--filepath", str(path)]
+    proc = subprocess.run(cmd, cwd=BUNDLE, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert path.is_file() and path.stat().st_size > 1_000_000
+    model = onnx.load(str(path))
+    shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert shape == [1, 2, 16, 16]  # a fixed-size graph: configs/onnx_export.json gives dynamic axes
+    ort = pytest.importorskip("onnxruntime")
+    from monai_emma.networks import ufuser
+    from monai_emma.weights import UFuserWeights
+
+    x = torch.rand(1, 2, 16, 16)
+    with torch.no_grad():
+        expected = ufuser(weights=UFuserWeights.DEFAULT)(x).numpy()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {model.graph.input[0].name: x.numpy()})
+    assert np.abs(got - expected).max() < 1e-4

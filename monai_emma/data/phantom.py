@@ -380,7 +380,10 @@ def phantom_volumes(
         seed: random seed of the noise.
         head_mm: overall head width (left-right) in mm; 180 is adult size, ~48 gives small volumes for tests.
         modalities: any of :data:`MODALITIES`.
-        mri_spacing: MRI voxel size in mm; the other grids' voxel sizes and the PET/SPECT resolution scale with it.
+        mri_spacing: the scale of every grid, in mm: the MRI voxel size, and the unit of the other modalities'
+            voxel sizes (CT ``0.9 x 0.9 x 2``, PET ``2.5``, SPECT ``4`` times it) and of the PET/SPECT resolution
+            (FWHM ``6`` and ``10`` times it). The fields of view do not change (they follow ``head_mm``), so 2 gives
+            every modality voxels twice as large and about 1/8 as many.
 
     Returns:
         ``{modality: PhantomVolume}`` in the order asked for; arrays are float32 (X, Y, Z).
@@ -413,7 +416,10 @@ def write_phantom_nifti(
         seed: random seed of the noise.
         head_mm: overall head width in mm.
         modalities: any of :data:`MODALITIES`.
-        mri_spacing: MRI voxel size in mm (see :func:`phantom_volumes`).
+        mri_spacing: MRI voxel size in mm, and the scale of every modality's voxels: CT ``0.9 x 0.9 x 2``,
+            PET ``2.5`` and SPECT ``4`` times it (the PET/SPECT blur, FWHM ``6`` and ``10`` times it, follows); the
+            fields of view stay, so 2 gives every modality voxels twice as large and about 1/8 as many (see
+            :func:`phantom_volumes`).
 
     Returns:
         ``{modality: path}``.
@@ -619,7 +625,10 @@ def write_phantom_dicom(
         seed: random seed of the noise.
         head_mm: overall head width in mm.
         modalities: any of :data:`MODALITIES`.
-        mri_spacing: MRI voxel size in mm (see :func:`phantom_volumes`).
+        mri_spacing: MRI voxel size in mm, and the scale of every modality's voxels: CT ``0.9 x 0.9 x 2``,
+            PET ``2.5`` and SPECT ``4`` times it (the PET/SPECT blur, FWHM ``6`` and ``10`` times it, follows); the
+            fields of view stay, so 2 gives every modality voxels twice as large and about 1/8 as many (see
+            :func:`phantom_volumes`).
 
     Returns:
         ``{modality: series folder}``.

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import datetime
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from monai_emma.io.atomic import atomic_dir
-from monai_emma.io.volumes import LPS_TO_RAS, Volume
+from monai_emma.io.volumes import LPS_TO_RAS, PydicomWarnings, Volume
 
 __all__ = ["write_derived_series", "slice_voxel_indices", "DICOM_LEVELS"]
 
@@ -101,6 +102,10 @@ def write_derived_series(
         overwrite: replace an existing folder.
         source_uids: Series Instance UIDs of all source series, recorded in the derivation text.
 
+    pydicom's complaints about the copied headers (e.g. an over-long InstitutionName, one per file)
+    are not shown one by one: when the anatomical volume's notes do not already sum them up (as
+    :func:`~monai_emma.io.volumes.read_volume` does), one ``UserWarning`` counts them.
+
     Returns:
         The series folder.
 
@@ -119,7 +124,8 @@ def write_derived_series(
     series_uid = generate_uid()
     now = datetime.datetime.now()
     text = description if not source_uids else f"{description}; sources {', '.join(source_uids)}"
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+    collected = PydicomWarnings()
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp, collected.collect():
         for n, path in enumerate(anatomical.files, start=1):
             ds = pydicom.dcmread(path)
             pixels = stored[slice_voxel_indices(ds, anatomical.affine, stored.shape)]
@@ -152,4 +158,7 @@ def write_derived_series(
             ds.file_meta.MediaStorageSOPInstanceUID = new_uid
             ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
             ds.save_as(tmp / f"{n:04d}.dcm", enforce_file_format=True)
+    note = collected.note(anatomical.path, doing="copying the headers of", done="copied")
+    if note and not any(line.startswith("pydicom:") for line in anatomical.notes):
+        warnings.warn(note, UserWarning, stacklevel=2)
     return Path(out_dir)

@@ -96,6 +96,7 @@ class LoadFusionPaird(MapTransform):
                 f"{flat.path}: a 2D image cannot be fused with a 3D volume; give two 2D images or two volumes"
             )
         notes: list[str] = list(d.get("notes") or [])
+        notes.extend(note for vol in (a, b) for note in vol.notes)  # e.g. pydicom's warnings, summed up
         modality = str(d.get(self.modality_key) or "").lower()
         if not modality and a.is_3d:  # 2D slices need none: they are scaled by 255 whatever they show
             modality, how = guess_modality(b)

@@ -7,14 +7,22 @@ single DICOM slice becomes a one-slice volume. 2D images stay ``(C, H, W)`` on t
 
 Errors are :class:`VolumeReadError`: one line naming the input and the problem, never a reader
 traceback (the original exception stays attached as ``__cause__``).
+
+What pydicom warns or logs while a DICOM series is read (an over-long text field, an invalid value:
+one message per file and field, often hundreds) is collected instead of printed and becomes one
+line of :attr:`Volume.notes`. Only the reading itself is affected: nothing is filtered at import
+or outside the read.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import warnings
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +34,7 @@ from monai_emma.transforms.io import quiet_monai_readers
 __all__ = [
     "Volume",
     "DicomSeries",
+    "PydicomWarnings",
     "VolumeReadError",
     "read_volume",
     "list_dicom_series",
@@ -80,15 +89,144 @@ class VolumeReadError(ValueError):
     """An input could not be used; the message names it and the problem in one line."""
 
 
+class PydicomWarnings:
+    """What pydicom warns (``warnings``) and logs (logger ``"pydicom"``, WARNING and above) inside
+    :meth:`collect`, kept in :attr:`messages` instead of being shown.
+
+    pydicom checks every value it converts (e.g. a SeriesDescription longer than the 64 characters
+    of VR LO) and warns once per file and field; it also logs the same text, which reaches any
+    handler the application configured. Inside :meth:`collect` both are recorded and withheld;
+    warnings from other packages are shown after the block as they would have been (or dropped
+    with ``drop_others=True``). The filters live only as long as the block: ``warnings`` state is
+    restored on exit and the logging filter removed (while the block runs, it also catches pydicom
+    messages of other threads).
+    """
+
+    def __init__(self) -> None:
+        #: the messages, one per warning, in order
+        self.messages: list[str] = []
+        #: keywords (or tags) of the header fields the messages were about, where known
+        self.fields: dict[str, None] = {}
+        self._caught: list | None = None
+
+    def extend(self, other: PydicomWarnings) -> None:
+        self.messages.extend(other.messages)
+        self.fields.update(other.fields)
+
+    def count_now(self) -> int:
+        """How many warnings the running :meth:`collect` block has recorded so far (0 outside one)."""
+        return len(self._caught) if self._caught is not None else 0
+
+    @contextmanager
+    def collect(self, drop_others: bool = False) -> Iterator[None]:
+        import pydicom
+
+        package = str(Path(pydicom.__file__).resolve().parent)
+        logged: list[str] = []
+
+        def withhold(record: logging.LogRecord) -> bool:
+            if record.levelno >= logging.WARNING:
+                logged.append(record.getMessage())
+                return False
+            return True
+
+        logger = logging.getLogger("pydicom")
+        logger.addFilter(withhold)
+        others: list[warnings.WarningMessage] = []
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                self._caught = caught
+                try:
+                    yield
+                finally:
+                    self._caught = None
+                    pending = Counter(logged)  # pydicom's warn_and_log logs and warns the same text
+                    for w in caught:
+                        text = str(w.message)
+                        if pending[text] > 0:
+                            pending[text] -= 1
+                            self.messages.append(text)
+                        elif str(Path(w.filename).resolve()).startswith(package):
+                            self.messages.append(text)
+                        else:
+                            others.append(w)
+                    self.messages.extend(pending.elements())  # logged only
+        finally:
+            logger.removeFilter(withhold)
+        if not drop_others:
+            for w in others:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+
+    def note(self, source: str | os.PathLike, doing: str = "reading", done: str = "read") -> str | None:
+        """One line summing up the messages for :attr:`Volume.notes`, or None when there were none:
+        ``pydicom: <n> warnings while <doing> <source> about <fields> (e.g. '<message>'); the
+        values were <done> as stored``."""
+        if not self.messages:
+            return None
+        from pydicom.datadict import keyword_for_tag
+
+        n = len(self.messages)
+        fields = dict(self.fields)
+        texts = []
+        for m in self.messages:  # "Error while processing tag 00080080: <text>" names the field
+            tagged = _TAGGED.match(m)
+            if tagged:
+                fields[keyword_for_tag(int(tagged[1], 16)) or tagged[1]] = None
+                m = tagged[2] or m
+            texts.append(_short(m))
+        distinct = list(dict.fromkeys(texts))
+        fields = list(fields)
+        about = ""
+        if fields:
+            more = f" and {len(fields) - 5} more" if len(fields) > 5 else ""
+            about = f" about {', '.join(fields[:5])}{more}"
+        kinds = f"; {len(distinct)} different messages" if len(distinct) > 1 else ""
+        return (
+            f"pydicom: {n} warning{'s' if n != 1 else ''} while {doing} {source}{about} "
+            f"(e.g. {distinct[0]!r}{kinds}); the values were {done} as stored"
+        )
+
+
+_TAGGED = re.compile(r"^Error while processing tag ([0-9A-Fa-f]{8})(?::\s*(.*))?$", re.S)
+
+
+def _short(message: str, limit: int = 160) -> str:
+    line = first_line(message).strip()
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _convert_elements(ds, collected: PydicomWarnings) -> None:
+    """Convert every top-level element of a header now, inside ``collected``'s block (pydicom
+    converts, and checks, a value on first access), so that pydicom's complaints come while the
+    header is read, with the field they are about, not later wherever a value happens to be used."""
+    from pydicom.datadict import keyword_for_tag
+
+    for tag in list(ds.keys()):
+        before = collected.count_now()
+        try:
+            ds[tag]
+        except Exception:  # a value pydicom cannot convert: the tags this package needs are checked later
+            pass
+        if collected.count_now() > before:
+            collected.fields[keyword_for_tag(tag) or str(tag)] = None
+
+
 @dataclass
 class DicomSeries:
-    """One DICOM series found in a folder (headers only)."""
+    """One DICOM series found in a folder (headers only).
+
+    ``pydicom_warnings`` holds what pydicom warned or logged while this series' headers were read
+    (one message per warning, e.g. one per file and over-long field, and the fields concerned);
+    they were not shown.
+    """
 
     uid: str
     files: list[Path]
     modality: str = ""
     description: str = ""
     headers: list = field(default_factory=list, repr=False)  # pydicom datasets without pixels, per file
+    pydicom_warnings: PydicomWarnings = field(default_factory=PydicomWarnings, repr=False)
 
     def summary(self) -> str:
         desc = f" '{self.description}'" if self.description else ""
@@ -113,6 +251,8 @@ class Volume:
         headers: the DICOM headers (no pixels), one per slice in InstanceNumber order.
         source_range: 2D images of more than 8 bits: ``(min, max, bits)`` of the file, the range
             that became 0-255.
+        notes: remarks about the reading worth showing the user, e.g. one line summing up
+            pydicom's warnings about a DICOM series (``"pydicom: 87 warnings while reading ..."``).
     """
 
     array: np.ndarray
@@ -125,6 +265,7 @@ class Volume:
     nonfinite: int = 0
     headers: list = field(default_factory=list, repr=False)
     source_range: tuple[float, float, int] | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def is_3d(self) -> bool:
@@ -175,6 +316,9 @@ def _is_dicom_file(path: Path) -> bool:
 def list_dicom_series(folder: str | os.PathLike) -> dict[str, DicomSeries]:
     """The DICOM series in a folder (not recursive), by SeriesInstanceUID, reading headers only.
 
+    pydicom's warnings about the headers are not shown: each series keeps them in
+    :attr:`DicomSeries.pydicom_warnings` (:func:`read_volume` turns them into one note).
+
     Raises:
         VolumeReadError: the folder holds no readable DICOM file.
     """
@@ -185,8 +329,11 @@ def list_dicom_series(folder: str | os.PathLike) -> dict[str, DicomSeries]:
     for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
         if not pydicom.misc.is_dicom(path):
             continue
+        collected = PydicomWarnings()
         try:
-            ds = _read_header(path)
+            with collected.collect():
+                ds = _read_header(path)
+                _convert_elements(ds, collected)
         except VolumeReadError:  # a damaged file: reported when it belongs to the chosen series
             continue
         uid = str(ds.get("SeriesInstanceUID", "") or "unknown")
@@ -195,19 +342,18 @@ def list_dicom_series(folder: str | os.PathLike) -> dict[str, DicomSeries]:
         )
         entry.files.append(path)
         entry.headers.append(ds)
+        entry.pydicom_warnings.extend(collected)
     if not series:
         raise VolumeReadError(f"{folder}: no DICOM files in this folder")
     return series
 
 
 def _read_header(path: Path):
-    """A DICOM file's header (no pixels)."""
+    """A DICOM file's header (no pixels). pydicom's warnings pass through: callers collect them."""
     import pydicom
 
     try:
-        with warnings.catch_warnings():  # pydicom warns about each oddity of a damaged file
-            warnings.simplefilter("ignore")
-            return pydicom.dcmread(path, stop_before_pixels=True)
+        return pydicom.dcmread(path, stop_before_pixels=True)
     except Exception as err:
         raise VolumeReadError(f"{path}: not a readable DICOM file ({first_line(err)})") from err
 
@@ -281,6 +427,7 @@ def _read_dicom(path: Path, series_uid: str | Sequence[str] | None) -> Volume:
     from monai.data import PydicomReader
     from monai.transforms import LoadImage
 
+    collected = PydicomWarnings()
     if path.is_dir():
         series = list_dicom_series(path)
         wanted = [series_uid] if isinstance(series_uid, str) else list(series_uid or [])
@@ -299,18 +446,23 @@ def _read_dicom(path: Path, series_uid: str | Sequence[str] | None) -> Volume:
             raise VolumeReadError(f"{path}: no series {series_uid}; found {listing}")
         else:
             raise VolumeReadError(f"{path}: {len(series)} DICOM series here, choose one with --series-uid: {listing}")
-        files, headers = _check_series_headers(path, chosen.files, chosen.headers)
+        collected.extend(chosen.pydicom_warnings)
+        with collected.collect():
+            files, headers = _check_series_headers(path, chosen.files, chosen.headers)
         regex = "^(" + "|".join(re.escape(str(f)) for f in files) + ")$"
         source: Path | str = path if len(files) > 1 else files[0]
         reader = PydicomReader(fname_regex=regex)
         modality, uid = chosen.modality, chosen.uid
     else:
-        files, headers = _check_series_headers(path.parent, [path], [_read_header(path)])
+        with collected.collect():
+            header = _read_header(path)
+            _convert_elements(header, collected)
+            files, headers = _check_series_headers(path.parent, [path], [header])
         source, reader = path, PydicomReader()
         modality, uid = "", ""
     try:
-        with quiet_monai_readers(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        # pydicom's warnings counted, the readers' other warnings not shown (as before)
+        with collected.collect(drop_others=True), quiet_monai_readers():
             img = LoadImage(reader=reader, image_only=True, dtype=np.float32)(str(source))
     except Exception as err:
         raise VolumeReadError(f"{path}: {_dicom_read_problem(headers[0], err)}") from err
@@ -328,8 +480,17 @@ def _read_dicom(path: Path, series_uid: str | Sequence[str] | None) -> Volume:
         array = array[..., None]
     if array.ndim != 3:
         raise VolumeReadError(f"{path}: expected one 3D series, got an array of shape {array.shape}")
+    note = collected.note(path)
     return Volume(
-        array, affine, path, "dicom", files=list(files), modality=modality, series_uid=uid, headers=list(headers)
+        array,
+        affine,
+        path,
+        "dicom",
+        files=list(files),
+        modality=modality,
+        series_uid=uid,
+        headers=list(headers),
+        notes=[note] if note else [],
     )
 
 

@@ -100,6 +100,22 @@ def test_each_modality_has_its_own_grid():
     assert fine["mri"].spacing == pytest.approx((0.5,) * 3) and fine["pet"].spacing == pytest.approx((1.25,) * 3)
 
 
+def test_mri_spacing_scales_every_modality(tmp_path):
+    """mri_spacing is named after the MRI but sets the scale of every grid (the documented ratios: CT 0.9 x 0.9 x 2,
+    PET 2.5, SPECT 4); the fields of view stay, so twice the spacing gives about 1/8 of the voxels."""
+    ratios = {"mri": (1.0, 1.0, 1.0), "ct": (0.9, 0.9, 2.0), "pet": (2.5, 2.5, 2.5), "spect": (4.0, 4.0, 4.0)}
+    base, coarse = phantom_volumes(0, HEAD), phantom_volumes(0, HEAD, mri_spacing=2.0)
+    for m in MODALITIES:
+        assert base[m].spacing == pytest.approx(ratios[m]), m
+        assert coarse[m].spacing == pytest.approx(tuple(2 * r for r in ratios[m])), m
+        assert 1 / 10 < coarse[m].array.size / base[m].array.size < 1 / 5, m
+    paths = write_phantom_nifti(tmp_path / "nii", head_mm=HEAD, modalities=("ct", "spect"), mri_spacing=2.0)
+    assert nib.load(paths["ct"]).header.get_zooms() == pytest.approx((1.8, 1.8, 4.0))
+    assert nib.load(paths["spect"]).header.get_zooms() == pytest.approx((8.0, 8.0, 8.0))
+    for fn in (write_phantom_nifti, write_phantom_dicom):
+        assert "every modality's voxels" in fn.__doc__ and "SPECT ``4``" in fn.__doc__
+
+
 def test_lesion_geometry_scales_with_the_head():
     (x, y, z), radius = phantom_lesion(180.0)
     assert x > 0 and y > 0 and z > 0 and radius > 0  # right, anterior, superior
