@@ -451,12 +451,13 @@ def stage_trainer(
 
 def export_pt2(network: torch.nn.Module, path: str | os.PathLike, size: int = 256) -> Path:
     """Export a U-Fuser with ``torch.export`` (dynamic batch, height and width; multiples of 8
-    from 8 to 4096 pixels) to a ``.pt2`` file loadable with ``torch.export.load``."""
+    from 16 to 4096 pixels: at 8 the deepest level's reflect padding has nothing to reflect) to a
+    ``.pt2`` file loadable with ``torch.export.load``."""
     from torch.export import Dim
 
     network = network.eval()
     batch = Dim("batch", min=1, max=64)
-    h8, w8 = Dim("h8", min=1, max=512), Dim("w8", min=1, max=512)
+    h8, w8 = Dim("h8", min=2, max=512), Dim("w8", min=2, max=512)
     example = torch.rand(2, 2, size, size)
     # traced with gradients enabled: the plain path, whose parameters stay parameters
     program = torch.export.export(network, (example,), dynamic_shapes=({0: batch, 2: 8 * h8, 3: 8 * w8},), strict=False)
