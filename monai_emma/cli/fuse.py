@@ -167,18 +167,16 @@ class FuseCommand(Command):
         from monai_emma.io.volumes import VolumeReadError
 
         series = _series_per_input(args)
-        quiet = args.quiet
+        quiet = args.quiet or not self.is_3d  # a 2D pair takes a second: no progress lines
         try:
             with self.outputs.reserve():  # every output proven writable before an input is read
                 net, source = load_model(args)
-                status("reading the inputs", quiet)
                 result = self._fuse(args, net, series)
                 report = page = None
                 if args.report or self.html is not None:
                     from monai_emma.fidelity import fidelity_report
 
-                    status("fidelity report (pseudo-sensors per slice)", quiet or result.is_3d)
-                    report = fidelity_report(result, progress=not quiet)
+                    report = fidelity_report(result, progress=not quiet)  # a bar over the slices
                 if self.html is not None:
                     from monai_emma.viewer import viewer_html
 
