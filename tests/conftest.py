@@ -81,3 +81,17 @@ def phantom_volume_files(tmp_path_factory) -> dict[str, dict[str, Path]]:
         "nifti": write_phantom_nifti(root / "nifti", head_mm=48.0),
         "dicom": write_phantom_dicom(root / "dicom", head_mm=48.0),
     }
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory) -> Path:
+    """A randomly initialised U-Fuser's state dict (seed 0) as a file: fast, deterministic weights
+    for CLI tests that check plumbing, not quality."""
+    import torch
+
+    from monai_emma.networks import UFuser
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "ufuser.pt"
+    torch.save(UFuser().state_dict(), path)
+    return path

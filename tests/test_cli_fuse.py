@@ -19,14 +19,6 @@ from monai_emma.networks import UFuser
 from monai_emma.precision import native_bf16
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "ufuser.pt"
-    torch.save(UFuser().state_dict(), path)
-    return path
-
-
 def _leftovers(folder):
     return [p.name for p in folder.iterdir() if p.name.startswith(".")]
 

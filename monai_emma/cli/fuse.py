@@ -206,35 +206,28 @@ class FuseCommand(Command):
 
         a = read_volume(args.anatomical, series[0])
         b = read_volume(args.other, series[1])
-        if self.is_3d:
-            return fuse_volumes(
-                a,
-                b,
-                model=net,
-                modality=args.modality,
-                anatomical_modality=args.anatomical_modality,
-                anatomical_rule=self.anatomical_rule,
-                other_rule=self.other_rule,
-                device=args.device,
-                batch_size=args.batch_size,
-                amp=args.amp,
-                stretch=args.stretch,
-                progress=not args.quiet,
-                zero_empty=not args.no_zero_empty,
-                suv=args.suv,
-                precision=args.precision,
-                register=args.register,
-            )
-        return fuse_images(
+        common = {
+            "model": net,
+            "modality": args.modality,
+            "device": args.device,
+            "stretch": args.stretch,
+            "zero_empty": not args.no_zero_empty,
+            "precision": args.precision,
+        }
+        if not self.is_3d:
+            return fuse_images(a, b, resize=args.resize, **common)
+        return fuse_volumes(
             a,
             b,
-            model=net,
-            modality=args.modality,
-            device=args.device,
-            stretch=args.stretch,
-            resize=args.resize,
-            zero_empty=not args.no_zero_empty,
-            precision=args.precision,
+            anatomical_modality=args.anatomical_modality,
+            anatomical_rule=self.anatomical_rule,
+            other_rule=self.other_rule,
+            batch_size=args.batch_size,
+            amp=args.amp,
+            progress=not args.quiet,
+            suv=args.suv,
+            register=args.register,
+            **common,
         )
 
     def _write(self, args: argparse.Namespace, result, report, page: str | None) -> dict[str, Path]:

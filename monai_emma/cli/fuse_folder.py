@@ -96,10 +96,7 @@ class FuseFolderCommand(Command):
 
         a_dir, b_dir, out_dir = Path(args.anatomical_dir), Path(args.other_dir), Path(args.output_dir)
         ia, ib = list_images(a_dir), list_images(b_dir)
-        stems = _matched(ia, ib, a_dir, b_dir, "images")
-        existing = [s for s in stems if (out_dir / f"{s}.png").exists()]
-        if existing and not args.overwrite:
-            raise CLIError(f"{out_dir}: {len(existing)} output(s) exist, e.g. {existing[0]}.png (use --overwrite)")
+        stems = _matched(ia, ib, a_dir, b_dir, "images", out_dir, ".png", args.overwrite)
         report = bank = None
         if self.report_modality:
             from monai_emma.fidelity import FidelityReport, default_sensors
@@ -159,10 +156,7 @@ class FuseFolderCommand(Command):
 
         a_dir, b_dir, out_dir = Path(args.anatomical_dir), Path(args.other_dir), Path(args.output_dir)
         va, vb = list_volumes(a_dir), list_volumes(b_dir)
-        stems = _matched(va, vb, a_dir, b_dir, "volumes")
-        existing = [s for s in stems if (out_dir / f"{s}.nii.gz").exists()]
-        if existing and not args.overwrite:
-            raise CLIError(f"{out_dir}: {len(existing)} output(s) exist, e.g. {existing[0]}.nii.gz (use --overwrite)")
+        stems = _matched(va, vb, a_dir, b_dir, "volumes", out_dir, ".nii.gz", args.overwrite)
         net, source = load_model(args)
         for stem in tqdm(stems, desc="fuse", disable=args.quiet):
             try:
@@ -186,12 +180,18 @@ class FuseFolderCommand(Command):
         return 0
 
 
-def _matched(a: dict[str, Path], b: dict[str, Path], a_dir: Path, b_dir: Path, what: str) -> list[str]:
-    """The stems both folders have; a note names the ones without a partner."""
+def _matched(
+    a: dict[str, Path], b: dict[str, Path], a_dir: Path, b_dir: Path, what: str, out_dir: Path, suffix: str, overwrite
+) -> list[str]:
+    """The stems both folders have (a note names the ones without a partner); their outputs
+    ``<out_dir>/<stem><suffix>`` must not exist unless ``overwrite``."""
     stems = sorted(set(a) & set(b))
     if not stems:
         raise CLIError(f"{a_dir} and {b_dir}: no {what} with matching names")
     missing = sorted(set(a) ^ set(b))
     if missing:
         print(f"note: {len(missing)} file(s) without a partner skipped: {', '.join(missing[:5])}", file=sys.stderr)
+    existing = [s for s in stems if (out_dir / f"{s}{suffix}").exists()]
+    if existing and not overwrite:
+        raise CLIError(f"{out_dir}: {len(existing)} output(s) exist, e.g. {existing[0]}{suffix} (use --overwrite)")
     return stems

@@ -3,18 +3,8 @@ before anything is read where the command line alone says so; the notes say how 
 scaled."""
 
 import pytest
-import torch
 
 from monai_emma.cli import main
-from monai_emma.networks import UFuser
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "ufuser.pt"
-    torch.save(UFuser().state_dict(), path)
-    return path
 
 
 def _refused(argv, capsys, expect, out):
@@ -71,42 +61,17 @@ def test_impossible_windows_on_guessed_modalities(
 
 def test_numeric_windows_stay_valid_and_notes_say_the_scaling(phantom_volume_files, weights, tmp_path, capsys):
     files = phantom_volume_files["nifti"]
-    common = ["--weights", str(weights), "--quiet", "--precision", "fp32"]
-    assert (
-        main(
-            [
-                "fuse",
-                str(files["mri"]),
-                str(files["pet"]),
-                "-o",
-                str(tmp_path / "a.nii.gz"),
-                "--window",
-                "0,5000",
-                *common,
-            ]
-        )
-        == 0
-    )
-    err = capsys.readouterr().err
+
+    def fuse(other: str, window: str) -> str:
+        argv = ["fuse", str(files["mri"]), str(files[other]), "-o", str(tmp_path / f"{other}.nii.gz")]
+        assert main([*argv, "--window", window, "--weights", str(weights), "--quiet", "--precision", "fp32"]) == 0
+        return capsys.readouterr().err
+
+    err = fuse("pet", "0,5000")
     notes = [line for line in err.splitlines() if line.startswith("note: scaling: ")]
     assert len(notes) == 1, err
     assert "MRI: percentiles [0.5, 99.5] of the foreground (" in notes[0] and "PET: window [0, 5000]" in notes[0]
-    assert (
-        main(
-            [
-                "fuse",
-                str(files["mri"]),
-                str(files["ct"]),
-                "-o",
-                str(tmp_path / "b.nii.gz"),
-                "--window",
-                "brain",
-                *common,
-            ]
-        )
-        == 0
-    )
-    assert "CT: window [0, 80] HU" in capsys.readouterr().err
+    assert "CT: window [0, 80] HU" in fuse("ct", "brain")
 
 
 @pytest.mark.parametrize("order", ["2d_first", "3d_first"])

@@ -11,18 +11,8 @@ import threading
 import time
 
 import pytest
-import torch
 
 from monai_emma.cli import main
-from monai_emma.networks import UFuser
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "ufuser.pt"
-    torch.save(UFuser().state_dict(), path)
-    return path
 
 
 @contextlib.contextmanager
