@@ -8,9 +8,10 @@ monai-emma transforms, MONAI's ``SupervisedEvaluator``, ``CheckpointLoader``, th
 * :func:`sample_dataset`, :func:`fusion_jobs`, :func:`fusion_datalist`, :func:`collate_jobs`,
   :class:`FusionSummary`: inference jobs (NIfTI files, DICOM series, 2D pair folders), with a
   generated sample by default, and the summary of what was written;
-* :func:`training_root`, :func:`training_config`, :func:`training_split`, :func:`training_dataset`,
-  :func:`stage_network`, :func:`stage_sensors`, :func:`stage_validator`, :func:`stage_trainer`: the
-  pieces of a training stage, from the package's single training engine;
+* :func:`training_root`, :func:`training_init`, :func:`training_config`, :func:`training_split`,
+  :func:`training_dataset`, :func:`stage_network`, :func:`stage_sensors`, :func:`stage_validator`,
+  :func:`stage_trainer`: the pieces of a training stage, from the package's single training engine
+  (``training_init``: fine-tuning from trained weights);
 * :func:`export_pt2`: a ``torch.export`` program of the U-Fuser.
 """
 
@@ -39,6 +40,7 @@ __all__ = [
     "collate_jobs",
     "FusionSummary",
     "training_root",
+    "training_init",
     "training_config",
     "training_split",
     "training_dataset",
@@ -249,9 +251,31 @@ class FusionSummary:
         (self.output_dir / "summary.json").write_text(json.dumps(self.records, indent=1))
 
 
-def training_root(dataset_dir: str | list[str] | None, output_dir: str, pairs_per_modality: int = 8) -> str | list[str]:
-    """``dataset_dir`` (one root, or a list of roots) when given; otherwise a small Harvard-style
-    set of 2D phantom pairs (MRI-CT, MRI-PET, MRI-SPECT) written once to ``<output_dir>/sample_pairs``."""
+def training_root(
+    dataset_dir: str | list[str] | None,
+    output_dir: str,
+    pairs_per_modality: int = 8,
+    datalist: str | None = None,
+    key: str | None = None,
+):
+    """``dataset_dir`` (one root, or a list of roots) when given; with ``datalist`` (``--datalist``,
+    a MONAI datalist of volume studies) its :class:`~monai_emma.studies.Datalist`, whose list
+    ``key`` (``evaluate.json``) is checked now, from the files' headers; otherwise a small
+    Harvard-style set of 2D phantom pairs (MRI-CT, MRI-PET, MRI-SPECT) written once to
+    ``<output_dir>/sample_pairs``."""
+    if datalist:
+        from monai_emma.data.datalist import DatalistError, load_datalist, read_datalist
+        from monai_emma.studies import Datalist, check_studies
+
+        if dataset_dir:
+            raise input_error(f"--dataset_dir {dataset_dir} and --datalist {datalist}: give one of them")
+        try:
+            read_datalist(datalist)
+            if key:
+                check_studies(load_datalist(datalist, key))
+        except DatalistError as err:
+            raise input_error(str(err)) from None
+        return Datalist(Path(datalist))
     roots = list(dataset_dir) if isinstance(dataset_dir, list | tuple) else [dataset_dir] if dataset_dir else []
     for root in roots:
         if not Path(root).is_dir():
@@ -268,18 +292,42 @@ def training_root(dataset_dir: str | list[str] | None, output_dir: str, pairs_pe
     return str(root)
 
 
+def training_init(init: str | None, init_sensors: str | None = None, tracking_uri: str | None = None):
+    """``train_fuser.json``'s ``init`` (fine-tuning; "" or None: off) resolved with
+    :func:`~monai_emma.engines.finetune.resolve_init`: a shipped set (``v3``), a weights file, a
+    run or bundle folder, or an MLflow model URI (in ``init_tracking_uri``'s registry), with its
+    sensors (or ``init_sensors``).
+
+    Raises:
+        BundleInputError: the init cannot be used (one line; exit 2 under ``python -m monai.bundle``).
+    """
+    if not init:
+        if init_sensors:
+            raise input_error("--init_sensors goes with --init (the sensors its weights are fine-tuned against)")
+        return None
+    from monai_emma.engines.finetune import InitError, resolve_init
+
+    try:
+        return resolve_init(str(init), init_sensors or None, tracking_uri or None, sensors_flag="--init_sensors")
+    except InitError as err:
+        raise input_error(str(err)) from err
+
+
 def training_config(
     recipe: str = "cpu",
     batch_size: int | None = None,
     seed: int | None = None,
     overrides: dict | None = None,
     precision: str | None = None,
+    init=None,
 ):
     """The :class:`~monai_emma.engines.TrainConfig` of a named recipe with overrides
-    (``precision``: ``"fp32"`` or ``"bf16"``)."""
+    (``precision``: ``"fp32"`` or ``"bf16"``), recording ``init`` (:func:`training_init`) when given."""
     from monai_emma.engines import recipe as make_recipe
+    from monai_emma.engines.finetune import finetune_config
 
-    return make_recipe(recipe, batch_size=batch_size, seed=seed, precision=precision, **(overrides or {}))
+    cfg = make_recipe(recipe, batch_size=batch_size, seed=seed, precision=precision, **(overrides or {}))
+    return finetune_config(cfg, init)
 
 
 def _is_main_rank() -> bool:
@@ -288,15 +336,21 @@ def _is_main_rank() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
-def training_split(data_root: str | list[str], config, ckpt_dir: str | os.PathLike) -> tuple[list, list]:
-    """(training pairs, validation pairs) of the engine's seeded split; the main rank records the
-    run in ``ckpt_dir`` (``config.json``, ``split.json``: every root and the validation ids)."""
-    from monai_emma.data.pairs import find_pairs, split_pairs
+def training_split(data_root, config, ckpt_dir: str | os.PathLike) -> tuple[list, list]:
+    """(training pairs, validation pairs) of the engine's seeded split
+    (:func:`~monai_emma.engines.two_stage.training_split`: a datalist's studies are split by study
+    and cached in ``<ckpt_dir>/cache``); the main rank records the run in ``ckpt_dir``
+    (``config.json``, ``split.json``: every root or the datalist, and the validation ids)."""
+    from monai_emma.data.datalist import DatalistError
     from monai_emma.engines.stages import RunLayout
+    from monai_emma.engines.two_stage import training_split as engine_split
 
-    train, val = split_pairs(find_pairs(data_root), config.val_fraction, config.seed)
+    try:
+        train, val, record = engine_split(data_root, config, Path(ckpt_dir) / "cache", progress=_is_main_rank())
+    except DatalistError as err:
+        raise input_error(str(err)) from None
     if _is_main_rank():
-        RunLayout(ckpt_dir).write_record(config, data_root, train, val)
+        RunLayout(ckpt_dir).write_record(config, data_root, train, val, record)
     return train, val
 
 
@@ -313,19 +367,23 @@ def training_dataset(stage: str, train_pairs: list, config):
     return stage_dataset(train_pairs, config, _stage(stage))
 
 
-def stage_network(stage: str, train_pairs: list, config) -> torch.nn.Module:
-    """The network a stage trains: the sensor bank (stage 1) or a new U-Fuser (stage 2), seeded."""
+def stage_network(stage: str, train_pairs: list, config, init=None) -> torch.nn.Module:
+    """The network a stage trains: the sensor bank (stage 1) or a new U-Fuser (stage 2), seeded, or
+    the U-Fuser of ``init`` (:func:`training_init`: fine-tuning)."""
     from monai_emma.engines.two_stage import stage_network as engine_network
 
-    return engine_network(_stage(stage), train_pairs, config)
+    return engine_network(_stage(stage), train_pairs, config, init.state if init is not None else None)
 
 
-def stage_sensors(ckpt_dir: str | os.PathLike, train_pairs: list, device: str | torch.device = "cpu"):
-    """Stage 2's frozen pseudo-sensors: stage 1's output (``<ckpt_dir>/sensors.pt``) when present,
-    else the shipped default sensors (so ``train_fuser.json`` runs on a fresh clone).
+def stage_sensors(ckpt_dir: str | os.PathLike, train_pairs: list, device: str | torch.device = "cpu", init=None):
+    """Stage 2's frozen pseudo-sensors: with ``init`` (:func:`training_init`) the init's sensors,
+    written to ``<ckpt_dir>/sensors.pt`` beside the model; else stage 1's output
+    (``<ckpt_dir>/sensors.pt``) when present, else the shipped default sensors (so
+    ``train_fuser.json`` runs on a fresh clone).
 
     Raises:
         FileNotFoundError: the shipped sensors do not cover the data's modalities (e.g. infrared).
+        BundleInputError: the init's sensors do not cover them, or ``<ckpt_dir>/sensors.pt`` holds other sensors.
     """
     from monai_emma.engines.stages import SENSORS
     from monai_emma.engines.two_stage import modalities_of
@@ -333,6 +391,17 @@ def stage_sensors(ckpt_dir: str | os.PathLike, train_pairs: list, device: str | 
     from monai_emma.weights import SensorWeights
 
     own = Path(ckpt_dir) / SENSORS.weights_file
+    if init is not None:
+        from monai_emma.engines.finetune import InitError, publish_init_sensors
+
+        try:
+            init.check_modalities(modalities_of(train_pairs), flag="--init_sensors")
+            if _is_main_rank():
+                publish_init_sensors(init, own, sensors_flag="--init_sensors")
+        except InitError as err:
+            raise input_error(str(err)) from err
+        logger.info("fine-tuning %s against %s", init.weights, init.sensors_source)
+        return init.sensors.to(device).freeze()
     if own.is_file():
         bank = load_sensor_bank(own, map_location=device)
     else:

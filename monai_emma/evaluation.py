@@ -18,11 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from monai_emma.data.pairs import SlicePair, data_roots, find_pairs, read_image
+from monai_emma.data.pairs import SlicePair, StudySlice, data_roots, find_pairs, read_image
 from monai_emma.fuse2d import fuse_slice_pair, network_fuser
 from monai_emma.metrics import METRIC_NAMES, fusion_metrics, read_gray
 from monai_emma.networks.densefuse import densefuse_fuse_gray, load_densefuse
 from monai_emma.networks.ifcnn import ifcnn_fuse_gray, load_ifcnn
+from monai_emma.studies import Datalist
 
 #: each learned peer: (loader taking a snapshot path or None, fuse(net, a_gray, b_gray, device) -> uint8)
 _PEER_NETWORKS = {"ifcnn": (load_ifcnn, ifcnn_fuse_gray), "densefuse": (load_densefuse, densefuse_fuse_gray)}
@@ -78,11 +79,13 @@ class EvaluationResult:
 
 
 def _groups(row: dict) -> list[str]:
-    """The summary groups a row belongs to: its pair type, ``ALL``, and with several roots also
-    ``<source>/<pair type>`` and ``<source>``."""
+    """The summary groups a row belongs to: its pair type, ``ALL``, with several roots also
+    ``<source>/<pair type>`` and ``<source>``, and for a study's slice its study (``MRI_CT/case2``)."""
     groups = [row["pair"], "ALL"]
     if row.get("source"):
         groups += [f"{row['source']}/{row['pair']}", row["source"]]
+    if row.get("study"):
+        groups.append(row["study"])
     return groups
 
 
@@ -91,7 +94,8 @@ def _summarise(rows: list[dict], methods: Sequence[str]) -> dict:
     pair_types = sorted({r["pair"] for r in rows})
     sources = sorted({r["source"] for r in rows if r.get("source")})
     by_source = [f"{s}/{p}" for s in sources for p in pair_types] + sources
-    for g in pair_types + ["ALL"] + by_source:
+    studies = list(dict.fromkeys(r["study"] for r in rows if r.get("study")))  # in datalist order
+    for g in pair_types + ["ALL"] + by_source + studies:
         scores = {}
         for m in methods:
             sel = [r for r in rows if r["method"] == m and g in _groups(r)]
@@ -129,8 +133,10 @@ def _markdown(summary: dict, methods: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def _print_table(summary: dict, methods: Sequence[str]) -> None:
+def _print_table(summary: dict, methods: Sequence[str], skip: Sequence[str] = ()) -> None:
     for group, by_method in summary.items():
+        if group in skip:  # e.g. one table per study: those go to the files only
+            continue
         print(f"\n{group}")
         print(f"{'method':<10}" + "".join(f"{k:>11}" for k in METRIC_NAMES))
         best = {k: max(v[k][0] for v in by_method.values()) for k in METRIC_NAMES}
@@ -179,8 +185,18 @@ def split_ids(split_file: str | os.PathLike, part: str = "val") -> list[str]:
         raise PairDataError(f"{path}: not a split record (expected JSON with a {part!r} list of pair ids)") from err
 
 
+def _sources(pair: SlicePair | StudySlice) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(a_img, b_img, a_gray, b_gray)``: both images (C, H, W) on their 0-255 scale and their grey
+    values as the reference evaluator reads them. A study's slice is scored as the 8-bit images a
+    PNG of each channel would hold."""
+    if isinstance(pair, StudySlice):
+        eight = np.round(np.clip(np.asarray(pair.image, np.float32), 0, 1) * 255)
+        return eight[0:1], eight[1:2], eight[0], eight[1]
+    return read_image(pair.a), read_image(pair.b), read_gray(pair.a), read_gray(pair.b)
+
+
 def evaluate(
-    root: str | os.PathLike | Sequence[str | os.PathLike],
+    root: str | os.PathLike | Sequence[str | os.PathLike] | Datalist,
     methods: Sequence[str] = METHODS,
     weights: str | os.PathLike | None = None,
     output: str | os.PathLike | None = "emma-eval",
@@ -193,12 +209,17 @@ def evaluate(
     zero_empty: bool = True,
     precision: str = "fp32",
     peer_weights: Mapping[str, str | os.PathLike | None] | None = None,
+    key: str = "validation",
 ) -> EvaluationResult:
     """Fuse every pair under ``root`` with each method, score it, and write reports to ``output``.
 
     Args:
         root: Harvard- or IVF-style folder, or several (see :func:`monai_emma.data.pairs.find_pairs`);
-            with several, the summary also has one group per root and per root and pair type.
+            with several, the summary also has one group per root and per root and pair type. Or a
+            :class:`~monai_emma.studies.Datalist` (or the path of a datalist's ``.json`` file): the
+            axial slices with foreground of the studies of its list ``key``, scored per slice (ids
+            ``MRI_CT/case2/z017``), summarised per pair type, over all, and per study (preprocessed
+            studies cached in the datalist's ``cache_dir``, else ``<output>/cache``).
         methods: any of ``emma``, ``mean``, ``max``, ``laplacian``, ``wavelet``, and the learned
             peers ``ifcnn`` (IFCNN-MAX, :mod:`monai_emma.networks.ifcnn`) and ``densefuse``
             (:mod:`monai_emma.networks.densefuse`), run on the grey sources like the rules.
@@ -207,12 +228,14 @@ def evaluate(
         grid_pairs: pairs shown in the comparison grid (0: no grid).
         net: a U-Fuser to use instead of ``weights``.
         mlflow_uri: log the summary and files to this MLflow tracking URI.
-        ids: score only these pair ids (e.g. a run's validation pairs, :func:`split_ids`).
+        ids: score only these pair ids (e.g. a run's validation pairs, :func:`split_ids`); with a
+            datalist, study ids (``MRI_CT/case2``).
         zero_empty: EMMA's output is 0 where both sources are (as ``fuse-folder`` writes it).
         precision: EMMA's inference precision, ``"fp32"`` (default: the reference scores), ``"bf16"``
             or ``"auto"``.
         peer_weights: released snapshot per peer, e.g. ``{"ifcnn": "IFCNN-MAX.pth"}`` (default: the
             environment variables ``EMMA_IFCNN_WEIGHTS``, ``EMMA_DENSEFUSE_WEIGHTS``).
+        key: the datalist's list to score (default ``validation``).
     """
     from tqdm.auto import tqdm
 
@@ -221,9 +244,17 @@ def evaluate(
         raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS + PEERS)}")
     # peers load before any pair is read: a missing snapshot fails at once
     peers = {m: _PEER_NETWORKS[m][0]((peer_weights or {}).get(m)) for m in methods if m in _PEER_NETWORKS}
-    pairs: list[SlicePair] = find_pairs(root)
-    if ids is not None:
-        pairs = select_pairs(pairs, ids)
+    if isinstance(root, str | os.PathLike) and str(root).lower().endswith(".json"):
+        root = Datalist(Path(root))
+    if isinstance(root, Datalist):
+        cache = root.cache_dir if root.cache_dir is not None else None if output is None else Path(output) / "cache"
+        pairs: list[SlicePair | StudySlice] = root.slices(key, ids, cache, progress)
+        sources = [str(root.path)]
+    else:
+        pairs = find_pairs(root)
+        if ids is not None:
+            pairs = select_pairs(pairs, ids)
+        sources = data_roots(root)
     emma = None
     if "emma" in methods:
         if net is None:
@@ -237,8 +268,7 @@ def evaluate(
     result = EvaluationResult()
     grid_rows = []
     for i, pair in enumerate(tqdm(pairs, desc="evaluate", disable=not progress)):
-        a_img, b_img = read_image(pair.a), read_image(pair.b)
-        a_gray, b_gray = read_gray(pair.a), read_gray(pair.b)
+        a_img, b_img, a_gray, b_gray = _sources(pair)
         images = {}
         for m in methods:
             if m == "emma":
@@ -252,13 +282,16 @@ def evaluate(
                 fused_gray = classical_fusion_gray(m, a_gray, b_gray)
                 images[m] = fused_gray.astype(np.uint8)
             scores = fusion_metrics(fused_gray, a_gray, b_gray)
-            result.rows.append({"pair": pair.pair, "source": pair.source, "id": pair.id, "method": m, **scores})
+            row = {"pair": pair.pair, "source": pair.source, "id": pair.id, "method": m, **scores}
+            if isinstance(pair, StudySlice):
+                row["study"] = pair.study
+            result.rows.append(row)
         if i % max(1, len(pairs) // max(grid_pairs, 1)) == 0 and len(grid_rows) < grid_pairs:
             b_show = np.moveaxis(b_img, 0, -1).astype(np.uint8) if b_img.shape[0] == 3 else b_img[0].astype(np.uint8)
             grid_rows.append([a_gray.astype(np.uint8), b_show] + [images[m] for m in methods])
     result.summary = _summarise(result.rows, methods)
     if progress:
-        _print_table(result.summary, methods)
+        _print_table(result.summary, methods, skip={r["study"] for r in result.rows if r.get("study")})
     if output is not None:
         from monai_emma.io.atomic import atomic_path
         from monai_emma.io.png import save_montage
@@ -266,14 +299,15 @@ def evaluate(
         out = Path(output)
         out.mkdir(parents=True, exist_ok=True)
         with atomic_path(out / "metrics.csv") as tmp, tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["pair", "source", "id", "method", *METRIC_NAMES])
+            study = ["study"] if any(r.get("study") for r in result.rows) else []
+            writer = csv.DictWriter(f, fieldnames=["pair", "source", *study, "id", "method", *METRIC_NAMES])
             writer.writeheader()
             writer.writerows(result.rows)
         with atomic_path(out / "summary.json") as tmp:
             tmp.write_text(
                 json.dumps(
                     {
-                        "root": data_roots(root),
+                        "root": sources,
                         "pairs": len(pairs),
                         "methods": list(methods),
                         "summary": result.summary,
@@ -289,16 +323,15 @@ def evaluate(
             names["grid"] = "grid.png"
         result.files = {k: out / v for k, v in names.items()}
     if mlflow_uri is not None:
-        _log_mlflow(result, mlflow_uri, root, methods)
+        _log_mlflow(result, mlflow_uri, sources, methods)
     return result
 
 
-def _log_mlflow(result: EvaluationResult, uri: str, root, methods) -> None:
+def _log_mlflow(result: EvaluationResult, uri: str, roots: list[str], methods) -> None:
     from monai_emma.extras import require, scoped_tracking_uri
 
     mlflow = require("mlflow", "logging the evaluation to MLflow")
 
-    roots = data_roots(root)
     with scoped_tracking_uri(uri):
         _log_evaluation(mlflow, result, roots, methods)
 

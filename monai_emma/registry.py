@@ -10,7 +10,16 @@ import torch
 
 from monai_emma.networks.sensor_bank import SensorBank
 
-__all__ = ["find_or_create_run", "experiment_id", "local_artifact_location", "log_and_register", "register_fuser"]
+__all__ = [
+    "find_or_create_run",
+    "experiment_id",
+    "local_artifact_location",
+    "log_and_register",
+    "register_fuser",
+    "registered_sensors",
+]
+
+SENSOR_MODEL_PREFIX = "emma-sensor-"
 
 
 def find_or_create_run(client, experiment_id: str, tags: dict[str, str], name: str, parent: str | None = None) -> str:
@@ -79,10 +88,10 @@ def log_and_register(
                 name=f"sensor-{modality}",
                 serialization_format="pickle",
                 pip_requirements=requirements,
-                registered_model_name=f"emma-sensor-{modality}",
+                registered_model_name=f"{SENSOR_MODEL_PREFIX}{modality}",
             )
             sensor_versions[modality] = str(sinfo.registered_model_version)
-            client.set_registered_model_alias(f"emma-sensor-{modality}", alias, sinfo.registered_model_version)
+            client.set_registered_model_alias(f"{SENSOR_MODEL_PREFIX}{modality}", alias, sinfo.registered_model_version)
     version = str(info.registered_model_version)
     client.set_registered_model_alias(model_name, alias, version)
     return f"models:/{model_name}/{version}", version, sensor_versions
@@ -130,3 +139,51 @@ def register_fuser(
             raise
         client.set_terminated(run_id, "FINISHED")
     return uri, version
+
+
+def registered_sensors(model_uri: str, tracking_uri: str | None = None) -> tuple[SensorBank | None, str]:
+    """The pseudo-sensors registered beside a U-Fuser: the ``emma-sensor-<modality>`` versions
+    logged by the same MLflow run as the model ``model_uri`` (``models:/NAME@ALIAS``,
+    ``models:/NAME/VERSION`` or ``runs:/RUN/PATH``), as the pipeline and ``monai-emma register``
+    log them.
+
+    Returns:
+        (the bank, a description naming the versions), or ``(None, "")`` when none were registered.
+    """
+    import mlflow
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+    from monai_emma.extras import scoped_tracking_uri
+    from monai_emma.networks.sensor_bank import SENSORS_FORMAT, sensor_bank_from_state
+
+    with scoped_tracking_uri(tracking_uri):
+        client = mlflow.MlflowClient()
+        if model_uri.startswith("runs:/"):
+            run_id = model_uri[len("runs:/") :].split("/")[0]
+        elif model_uri.startswith("models:/"):
+            name, version = get_model_name_and_version(client, model_uri)
+            run_id = client.get_model_version(name, version).run_id
+        else:
+            return None, ""
+        if not run_id:
+            return None, ""
+        versions = {}
+        for mv in client.search_model_versions(f"run_id = '{run_id}'"):
+            if mv.name.startswith(SENSOR_MODEL_PREFIX):
+                modality = mv.name[len(SENSOR_MODEL_PREFIX) :]
+                if modality not in versions or int(mv.version) > int(versions[modality].version):
+                    versions[modality] = mv
+        if not versions:
+            return None, ""
+        sensors = {
+            m: mlflow.pytorch.load_model(f"models:/{mv.name}/{mv.version}", map_location="cpu")
+            for m, mv in sorted(versions.items())
+        }
+    first = next(iter(sensors.values()))
+    state = {
+        "format": SENSORS_FORMAT,
+        "preset_features": list(first.features),
+        "sensors": {m: s.state_dict() for m, s in sensors.items()},
+    }
+    names = ", ".join(f"{mv.name} v{mv.version}" for mv in versions.values())
+    return sensor_bank_from_state(state, model_uri), f"sensors registered with {model_uri} ({names})"

@@ -51,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-name", default="emma-ufuser", help="registered model name (default: emma-ufuser)")
     p.add_argument("--alias", default="candidate", help="alias set on the new model version")
     p.add_argument("--override", action="append", default=[], help="KEY=VALUE training setting, e.g. fuser_lr=1e-4")
+    p.add_argument(
+        "--init",
+        metavar="NAME|PATH|URI",
+        help="fine-tune: stage 2 starts from these U-Fuser weights (a shipped set such as v3, a weights file, a run "
+        "or bundle folder, models:/NAME@ALIAS in --tracking-uri's registry) against their sensors; no stage 1",
+    )
+    p.add_argument("--init-sensors", metavar="PATH|NAME", help="with --init: the pseudo-sensors to fine-tune against")
     return p
 
 
@@ -88,12 +95,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         model_name=args.model_name,
         alias=args.alias,
         overrides=overrides,
+        init=args.init,
+        init_sensors=args.init_sensors,
     )
     try:
         result = run_pipeline(opts)
     except (PairDataError, ValueError, MissingExtraError) as err:
         print(f"pipelines/train.py: error: {err}", file=sys.stderr)
         return 2
+    if opts.init:
+        print(f"fine-tuned from {opts.init}")
     print(f"registered {result.model_uri} (alias {opts.alias}) in {result.tracking_uri}")
     print(f"sensors: {', '.join(f'emma-sensor-{m} v{v}' for m, v in result.sensor_versions.items())}")
     for stage, path in result.stage_checkpoints.items():

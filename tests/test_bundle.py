@@ -353,3 +353,27 @@ def test_monai_onnx_export_from_the_metadata_alone(tmp_path):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (got,) = session.run(None, {model.graph.input[0].name: x.numpy()})
     assert np.abs(got - expected).max() < 1e-4
+
+
+def test_train_fuser_fine_tunes_from_init(phantom_root, tmp_path):
+    """``--init v3``: stage 2 starts from v3 against v3's sensors (learning rate 0: the result is
+    v3 itself), the init is recorded, and a missing init is one error naming it."""
+    from monai_emma.bundle import BundleInputError, training_init
+    from monai_emma.engines.finetune import state_sha256
+    from monai_emma.weights import get_weights
+
+    run_dir = tmp_path / "run"
+    small = {"fuser_samples_per_epoch": 4, "fuser_patch_size": 32, "fuser_batch_size": 2, "val_slices": 2, "alpha": 0}
+    common = dict(dataset_dir=str(phantom_root), run_dir=str(run_dir), epochs=1, device="cpu")
+    _run("train_fuser.json", init="v3", overrides={**small, "fuser_lr": 0}, **common)
+    models = run_dir / "models"
+    model = torch.load(models / "model.pt", weights_only=True)
+    v3 = get_weights("v3").get_state_dict()
+    assert all(torch.equal(model[k], v3[k]) for k in v3)
+    sensors = torch.load(models / "sensors.pt", weights_only=True)  # beside the model, as in a bundle
+    assert state_sha256(sensors) == state_sha256(get_weights("v3", "sensors").get_state_dict())
+    init = json.loads((models / "config.json").read_text())["extra"]["init"]
+    assert init["given"] == "v3" and init["sha256"] == state_sha256(v3)
+    with pytest.raises(BundleInputError, match="missing.pt: no such weights file or folder"):
+        training_init("missing.pt")  # under python -m monai.bundle: one line, status 2 (input_error)
+    assert training_init("") is None  # the default: no fine-tuning

@@ -234,3 +234,55 @@ def test_identity_sensor_ablation_is_refused_before_ray_starts(phantom_root, tmp
     assert pipeline_main(argv) == 2
     assert "monai-emma train --sensors identity" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_init_is_refused_before_ray_starts(phantom_root, tmp_path, capsys):
+    from pipelines.train import main as pipeline_main
+
+    base = ["--data", str(phantom_root), "--run-root", str(tmp_path / "r")]
+    cases = [
+        (["--init", "missing.pt"], "missing.pt: no such weights file or folder"),
+        (["--sensor-epochs", "0"], "--sensor-epochs 0 skips stage 1"),
+        (["--init", "v3", "--sensor-epochs", "2"], "--sensor-epochs 2 would train new ones"),
+        (["--init-sensors", "v3"], "--init-sensors goes with --init"),
+    ]
+    for extra, message in cases:
+        assert pipeline_main([*base, *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_fine_tuning_v3_records_the_init_and_registers_like_any_run(ray_env, phantom_root, tmp_path, capsys):
+    """``--init v3`` with learning rate 0: no stage 1, the registered U-Fuser and sensors are v3's."""
+    import mlflow
+
+    from monai_emma.engines.finetune import resolve_init, state_sha256
+    from pipelines.train import main as pipeline_main
+
+    run_root = tmp_path / "runs"
+    tiny = {**SMALL, "fuser_patch_size": 32, "fuser_batch_size": 2, "val_slices": 2, "alpha": 0, "fuser_lr": 0}
+    args = ["--data", str(phantom_root), "--num-workers", "1", "--fuser-epochs", "1", "--run-root", str(run_root)]
+    args += ["--name", "ft", "--init", "v3"] + [f"--override={k}={v}" for k, v in tiny.items()]
+    assert pipeline_main(args) == 0
+    v3 = resolve_init("v3")
+    uri = f"sqlite:///{run_root / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    runs = {
+        r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("emma-pipeline").experiment_id])
+    }
+    assert sorted(runs) == ["ft", "ft-fuser"]  # no stage-1 run
+    for name in ("ft", "ft-fuser"):
+        params = runs[name].data.params
+        assert params["init"] == "v3" and params["init_weights"] == "shipped weights 'v3'", name
+        assert params["init_sha256"] == v3.sha256 and params["init_sensors_sha256"] == v3.sensors_sha256, name
+    registered = resolve_init("models:/emma-ufuser@candidate", tracking_uri=uri)  # with its registered sensors
+    assert registered.sha256 == v3.sha256 and registered.sensors_sha256 == v3.sensors_sha256
+    folder = run_root / "ft"
+    assert json.loads((folder / "config.json").read_text())["extra"]["init"] == v3.record
+    sensors = torch.load(folder / "stage1_sensors" / "sensors.pt", weights_only=True)
+    assert state_sha256(sensors) == v3.sensors_sha256 and (folder / "stage2_fuser" / "ufuser.pt").is_file()
+    # the same name without --init is another run, refused before Ray starts
+    capsys.readouterr()
+    assert pipeline_main([a for a in args if a not in ("--init", "v3")]) == 2
+    assert "was started with --init v3" in capsys.readouterr().err

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from monai_emma.cli.base import CLIError, Command
-from monai_emma.cli.options import ZERO_EMPTY_HELP, add_precision_option
+from monai_emma.cli.options import ZERO_EMPTY_HELP, add_datalist_options, add_precision_option, datalist_of
 
 __all__ = ["EvaluateCommand"]
 
@@ -16,11 +16,19 @@ class EvaluateCommand(Command):
     help = "fuse a paired dataset with EMMA and classical rules; score and report"
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        p.add_argument("root", nargs="+", help="Harvard-style or IVF-style folder(s) of pairs")
+        p.add_argument("root", nargs="*", help="Harvard-style or IVF-style folder(s) of pairs (or give --datalist)")
+        p.add_argument(
+            "--datalist",
+            metavar="JSON",
+            help="MONAI datalist of volume studies instead of folders: scores the axial slices of the studies of --key",
+        )
+        p.add_argument("--key", help="with --datalist: the list to score (default: validation)")
+        add_datalist_options(p)
         p.add_argument(
             "--split",
             metavar="SPLIT_JSON",
-            help="score only the validation pairs of a training run (its split.json; give the run's data roots)",
+            help="score only the validation pairs of a training run (its split.json; give the run's data roots, "
+            "or its datalist with --key training when the run split the training studies)",
         )
         p.add_argument(
             "--methods",
@@ -51,6 +59,11 @@ class EvaluateCommand(Command):
         self.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         if not self.methods:
             raise CLIError(f"--methods {args.methods!r}: no method named")
+        if bool(args.root) == bool(args.datalist):
+            raise CLIError("give the data folders or --datalist (one of them)")
+        if args.key and not args.datalist:
+            raise CLIError("--key goes with --datalist")
+        self.data = datalist_of(args) or args.root
 
     def run(self, args: argparse.Namespace) -> int:
         from monai_emma.data.pairs import PairDataError
@@ -58,7 +71,7 @@ class EvaluateCommand(Command):
 
         try:
             result = evaluate(
-                args.root,
+                self.data,
                 self.methods,
                 ids=split_ids(args.split) if args.split else None,
                 zero_empty=not args.no_zero_empty,
@@ -69,6 +82,7 @@ class EvaluateCommand(Command):
                 mlflow_uri=args.mlflow_uri,
                 precision=args.precision,
                 peer_weights={"ifcnn": args.ifcnn_weights, "densefuse": args.densefuse_weights},
+                key=args.key or "validation",
             )
         except (PairDataError, ValueError, FileNotFoundError) as err:
             raise CLIError(str(err)) from err

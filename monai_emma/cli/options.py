@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from monai_emma.cli.base import CLIError, positive_int
+from monai_emma.cli.base import CLIError, parse_range, positive_int
 
 __all__ = [
     "ZERO_EMPTY_HELP",
@@ -14,6 +14,8 @@ __all__ = [
     "add_precision_option",
     "add_register_option",
     "add_fuse_arguments",
+    "add_datalist_options",
+    "datalist_of",
     "load_model",
 ]
 
@@ -162,3 +164,71 @@ def load_model(args: argparse.Namespace):
         )
     except ModelSourceError as err:
         raise CLIError(str(err)) from err
+
+
+def add_datalist_options(p: argparse.ArgumentParser) -> None:
+    """How the studies of a ``--datalist`` are preprocessed and cached (``train``, ``evaluate``);
+    the command adds ``--datalist`` itself."""
+    p.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="with --datalist: where preprocessed studies are cached (default: <run or report folder>/cache)",
+    )
+    p.add_argument(
+        "--window",
+        action="append",
+        default=[],
+        metavar="MOD=LOW,HIGH",
+        help="with --datalist: intensity window of a modality in its units, e.g. ct=0,255 for 8-bit CT renderings "
+        "or ct=brain (CT presets); repeatable; overrides the datalist's own 'intensity'",
+    )
+    p.add_argument(
+        "--percentiles",
+        action="append",
+        default=[],
+        metavar="MOD=LOW,HIGH",
+        help="with --datalist: foreground percentiles of a modality, e.g. pet=0,99.5; repeatable",
+    )
+
+
+def datalist_of(args: argparse.Namespace):
+    """The :class:`~monai_emma.studies.Datalist` of ``--datalist`` with the options of
+    :func:`add_datalist_options`, or None without ``--datalist`` (those options are then refused)."""
+    from monai_emma.transforms.intensity import IntensityRule, ct_window
+
+    given = [
+        flag
+        for flag, value in (
+            ("--cache-dir", args.cache_dir),
+            ("--window", args.window),
+            ("--percentiles", args.percentiles),
+        )
+        if value
+    ]
+    if not args.datalist:
+        if given:
+            raise CLIError(f"{given[0]} goes with --datalist (volume studies)")
+        return None
+    rules: dict[str, IntensityRule] = {}
+    for flag, specs in (("--window", args.window), ("--percentiles", args.percentiles)):
+        for spec in specs:
+            modality, _, values = spec.partition("=")
+            modality = modality.strip().lower()
+            if modality not in ("mri", "ct", "pet", "spect") or not values:
+                raise CLIError(f"{flag} {spec!r}: expected MOD=LOW,HIGH with MOD one of mri, ct, pet, spect")
+            if modality in rules:
+                raise CLIError(f"{flag} {spec!r}: {modality} has a rule already")
+            if flag == "--window" and modality == "ct":
+                try:
+                    rules[modality] = ct_window(values)
+                except ValueError as err:
+                    raise CLIError(f"{flag} {spec!r}: {err}") from err
+                continue
+            low, high = parse_range(values, f"{flag} {modality}=")
+            try:
+                rules[modality] = IntensityRule("window" if flag == "--window" else "percentile", low, high, label=spec)
+            except ValueError as err:
+                raise CLIError(f"{flag} {spec!r}: {err}") from err
+    from monai_emma.studies import Datalist, StudyOptions
+
+    return Datalist(args.datalist, StudyOptions.make(rules), args.cache_dir)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from monai_emma.cli.base import CLIError, Command
-from monai_emma.cli.options import add_precision_option
+from monai_emma.cli.options import add_datalist_options, add_precision_option, datalist_of
 
 __all__ = ["TrainCommand", "time_breakdown"]
 
@@ -15,12 +15,19 @@ class TrainCommand(Command):
     help = "train both EMMA stages (pseudo-sensors, then the U-Fuser) in-process"
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        p.add_argument(
+        data = p.add_mutually_exclusive_group(required=True)
+        data.add_argument(
             "--data",
-            required=True,
             action="append",
             help="Harvard-style (<PAIR>/<MOD>/n.png) or IVF-style root; repeat to train on several roots",
         )
+        data.add_argument(
+            "--datalist",
+            metavar="JSON",
+            help="MONAI datalist of volume studies ({'training': [{'mri': ..., 'ct': ...}, ...], 'validation': [...]}; "
+            "without a validation list the studies are split by study); see docs/training.md",
+        )
+        add_datalist_options(p)
         p.add_argument("--output", default="emma-runs/train", help="run folder (checkpoints, weights, history)")
         p.add_argument("--recipe", choices=["cpu", "paper"], help="default: paper on CUDA, cpu otherwise")
         p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
@@ -52,6 +59,18 @@ class TrainCommand(Command):
         p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
         add_precision_option(p)
         p.add_argument("--restart", action="store_true", help="ignore existing checkpoints in --output")
+        p.add_argument(
+            "--init",
+            metavar="NAME|PATH|URI",
+            help="fine-tune: stage 2 starts from these U-Fuser weights (a shipped set such as v3, a weights file or "
+            "checkpoint, a run or bundle folder, models:/NAME@ALIAS) against their own pseudo-sensors; no stage 1",
+        )
+        p.add_argument(
+            "--init-sensors",
+            metavar="PATH|NAME",
+            help="with --init: the pseudo-sensors to fine-tune against (sensors.pt, a run folder, a shipped set)",
+        )
+        p.add_argument("--tracking-uri", help="the MLflow registry of an --init models:/ URI")
 
     def check(self, args: argparse.Namespace) -> None:
         import torch
@@ -86,12 +105,38 @@ class TrainCommand(Command):
             raise CLIError(f"training settings: {err}") from err
         if args.device.startswith("cuda") and not torch.cuda.is_available():
             raise CLIError(f"--device {args.device}: CUDA is not available on this machine")
+        self.data = datalist_of(args) or args.data
+        if args.datalist and args.fused_dir:
+            raise CLIError("--fused-dir takes 2D pair folders; with --datalist stage 1 uses the rules (--rules)")
+        self.init = self._check_init(args, settings)
+
+    def _check_init(self, args: argparse.Namespace, settings: dict):
+        """The resolved ``--init`` (None without one); refuses what cannot go with it."""
+        from monai_emma.engines.finetune import InitError, check_stage1, resolve_init
+        from monai_emma.networks.sensor_bank import IDENTITY_SENSORS
+
+        try:
+            if not args.init:
+                if args.init_sensors:
+                    raise InitError("--init-sensors goes with --init (the sensors its weights are fine-tuned against)")
+                check_stage1(self.config, None)
+                return None
+            if settings.get("sensor_epochs"):
+                raise InitError(
+                    f"--init fine-tunes against the sensors that come with the weights (or --init-sensors); "
+                    f"--sensor-epochs {settings['sensor_epochs']} would train new ones: leave it out or give 0"
+                )
+            identity = self.config.sensor_preset == IDENTITY_SENSORS
+            return resolve_init(args.init, args.init_sensors, args.tracking_uri, need_sensors=not identity)
+        except InitError as err:
+            raise CLIError(str(err)) from err
 
     def run(self, args: argparse.Namespace) -> int:
         import logging
 
         from monai_emma.data.pairs import PairDataError
         from monai_emma.engines import run_training
+        from monai_emma.engines.finetune import InitError
 
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         for noisy in (
@@ -101,8 +146,10 @@ class TrainCommand(Command):
         ):
             logging.getLogger(noisy).setLevel(logging.WARNING)
         try:
-            results = run_training(args.data, args.output, self.config, device=args.device, resume=not args.restart)
-        except PairDataError as err:
+            results = run_training(
+                self.data, args.output, self.config, device=args.device, resume=not args.restart, init=self.init
+            )
+        except (PairDataError, InitError) as err:
             raise CLIError(str(err)) from err
         for stage, res in results.items():
             last = res.history[-1] if res.history else {}

@@ -11,6 +11,11 @@ Several roots can be combined (e.g. ``harvard`` and ``aanlib``): every pair then
 label (the folder name) in :attr:`SlicePair.source` and in its id (``aanlib/MRI_CT/16003``).
 
 Channel convention: ``a`` is the anatomical image (MRI, visible), ``b`` the other modality.
+
+Slices of volume studies (a MONAI datalist, :mod:`monai_emma.data.datalist` and
+:mod:`monai_emma.studies`) are :class:`StudySlice` items: the same attributes as a
+:class:`SlicePair`, with the preprocessed pixels in memory instead of file paths; :func:`load_pair`,
+:class:`PairedPatchDataset` and the engines take either.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from torch.utils.data import Dataset
 
 __all__ = [
     "SlicePair",
+    "StudySlice",
     "list_images",
     "find_pairs",
     "data_roots",
@@ -63,6 +69,41 @@ class SlicePair:
     def id(self) -> str:
         """``<pair>/<stem>`` (e.g. ``MRI_CT/11``), prefixed by ``<source>/`` when several roots are combined."""
         return f"{self.source}/{self.pair}/{self.stem}" if self.source else f"{self.pair}/{self.stem}"
+
+    @property
+    def where(self) -> str:
+        """The folder of its pair type (``<root>/<PAIR>``), for messages."""
+        return str(self.a.parent.parent)
+
+
+@dataclass(frozen=True, eq=False)
+class StudySlice:
+    """One axial slice of a preprocessed volume study: the attributes of a :class:`SlicePair`
+    (``pair``, ``a_modality``, ``b_modality``, ``stem``, ``source``, ``id``) with its pixels.
+
+    ``image`` is float32 (2, H, W) in [0, 1], channel 0 the anatomical image and channel 1 the
+    other modality, as the fusion pipeline stacks them (display orientation); it may be a view into
+    the study's array (e.g. a memory-mapped cache file). ``stem`` is ``<study name>/z<k>`` with
+    ``k`` the slice's index from inferior to superior on the anatomical grid, so :attr:`id` reads
+    ``MRI_CT/case2/z017``; ``study`` is the study's id (``MRI_CT/case2``).
+    """
+
+    image: np.ndarray
+    pair: str
+    a_modality: str
+    b_modality: str
+    stem: str
+    study: str
+    source: str = ""
+
+    @property
+    def id(self) -> str:
+        """``<pair>/<study name>/z<k>``, prefixed by ``<source>/`` when set."""
+        return f"{self.source}/{self.pair}/{self.stem}" if self.source else f"{self.pair}/{self.stem}"
+
+    @property
+    def where(self) -> str:
+        return self.study
 
 
 def list_images(folder: Path) -> dict[str, Path]:
@@ -187,9 +228,8 @@ def split_pairs(
         if val_fraction > 0 and len(group) >= 2:
             n_val = min(max(n_val, 1), len(group) - 1)
         if n_val >= len(group):
-            folder = group[0].a.parent.parent  # <root>/<PAIR>
             raise PairDataError(
-                f"{folder}: the split leaves no training pair for {name} ({len(group)} pair"
+                f"{group[0].where}: the split leaves no training pair for {name} ({len(group)} pair"
                 f"{'s' if len(group) > 1 else ''}, validation fraction {val_fraction}); "
                 "lower the validation fraction or add pairs"
             )
@@ -261,14 +301,27 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise PairDataError(str(err)) from err
 
 
-def load_pair(pair: SlicePair) -> dict:
+def load_pair(pair: SlicePair | StudySlice) -> dict:
     """Load one pair as luminance in [0, 1]: ``a``, ``b`` (1, H, W) tensors, the other modality's
     chroma ``b_cbcr`` (2, H, W), ``b_is_colour``, and the pair's metadata.
 
     The dictionary pipeline: :class:`~monai_emma.transforms.io.LoadPairedSliced` (MONAI
     ``LoadImaged``), :class:`~monai_emma.transforms.ScaleToUnitd`,
-    :class:`~monai_emma.transforms.RGBToYCbCrd`.
+    :class:`~monai_emma.transforms.RGBToYCbCrd`. A :class:`StudySlice` is already on that scale:
+    its two channels (views, no copy) with no chroma.
     """
+    if isinstance(pair, StudySlice):
+        image = torch.as_tensor(pair.image)
+        return {
+            "a": image[0:1],
+            "b": image[1:2],
+            "b_cbcr": torch.zeros(()).expand(2, *image.shape[-2:]),  # grey: no chroma, no memory
+            "b_is_colour": False,
+            "pair": pair.pair,
+            "a_modality": pair.a_modality,
+            "b_modality": pair.b_modality,
+            "id": pair.id,
+        }
     from monai.transforms import Compose
 
     from monai_emma.transforms.colour import RGBToYCbCrd
@@ -321,7 +374,7 @@ class PairedPatchDataset(Dataset):
 
     def __init__(
         self,
-        pairs: Sequence[SlicePair],
+        pairs: Sequence[SlicePair | StudySlice],
         patch_size: int | Sequence[int] = 64,
         patches_per_image: int = 4,
         seed: int = 0,

@@ -4,7 +4,8 @@
 A run folder::
 
     <run>/config.json                    the TrainConfig
-    <run>/split.json                     data roots, counts, training and validation ids
+    <run>/split.json                     data roots (or the datalist), counts, training and validation ids
+    <run>/cache/                         preprocessed datalist studies (default --cache-dir)
     <run>/stage1_sensors/sensors.pt      stage 1's pseudo-sensors (plus best_sensors.pt,
                                          history_sensors.csv, sensors_checkpoint_epoch=N.pt)
     <run>/stage2_fuser/ufuser.pt         stage 2's U-Fuser (plus best_fuser.pt, ...)
@@ -106,10 +107,14 @@ class RunLayout:
         s = get_stage(stage)
         return self.stage_dir(s) / s.history_file
 
-    def write_record(self, cfg: Any, data: Any, train: Sequence[Any], val: Sequence[Any]) -> None:
-        """``config.json`` (``cfg.to_json()``) and ``split.json`` (every root, counts, ids)."""
+    def write_record(
+        self, cfg: Any, data: Any, train: Sequence[Any], val: Sequence[Any], split: dict | None = None
+    ) -> None:
+        """``config.json`` (``cfg.to_json()``) and ``split.json``: ``split`` when given (a datalist's
+        record, :meth:`monai_emma.studies.Datalist.training_split`), else every root, counts, ids."""
         from monai_emma.data.pairs import split_record
 
         self.root.mkdir(parents=True, exist_ok=True)
         self.config_file.write_text(cfg.to_json())
-        self.split_file.write_text(json.dumps(split_record(data, train, val), indent=1))
+        record = split if split is not None else split_record(data, train, val)
+        self.split_file.write_text(json.dumps(record, indent=1))

@@ -288,6 +288,9 @@ def _flat_params(cfg: dict[str, Any], stage: str | Stage, stage_cfg: StageConfig
                 flat.update({k: v for k, v in value.items()})
         elif key != "extra":
             flat[key] = ",".join(map(str, value)) if isinstance(value, list | tuple) else value
+    init = (cfg.get("extra") or {}).get("init")  # fine-tuning: what was given, what it resolved to, hashes
+    if init:
+        flat.update({"init" if k == "given" else f"init_{k}": v for k, v in init.items()})
     return flat
 
 

@@ -15,8 +15,9 @@ from typing import Any
 
 import torch
 
-from monai_emma.data.pairs import PairedPatchDataset, SlicePair, find_pairs, split_pairs, spread_subset
+from monai_emma.data.pairs import PairedPatchDataset, SlicePair, find_pairs, split_pairs, split_record, spread_subset
 from monai_emma.engines.config import TrainConfig
+from monai_emma.engines.finetune import FuserInit, check_stage1, finetune_config, publish_init_sensors
 from monai_emma.engines.stages import FUSER, SENSORS, RunLayout, Stage
 from monai_emma.engines.steps import FuserStep, SensorStep
 from monai_emma.engines.trainer import StageResult, build_stage_trainer
@@ -24,6 +25,7 @@ from monai_emma.engines.validation import fuser_validator, sensor_validator, val
 from monai_emma.losses import EMMALoss
 from monai_emma.networks import UFuser
 from monai_emma.networks.sensor_bank import IDENTITY_SENSORS, SensorBank, load_sensor_bank, sensor_bank_state
+from monai_emma.studies import Datalist
 from monai_emma.transforms.equivariance import TransformGroup
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "train_sensors",
     "train_fuser",
     "run_training",
+    "training_split",
     "modalities_of",
 ]
 
@@ -61,13 +64,19 @@ def modalities_of(pairs: Sequence[SlicePair]) -> list[str]:
     return sorted({p.a_modality for p in pairs} | {p.b_modality for p in pairs})
 
 
-def stage_network(stage: Stage, train_pairs: Sequence[SlicePair], cfg: TrainConfig) -> torch.nn.Module:
-    """A new network for a stage, seeded: one pseudo-sensor per modality (stage 1) or a U-Fuser."""
+def stage_network(
+    stage: Stage, train_pairs: Sequence[SlicePair], cfg: TrainConfig, init_state: dict | None = None
+) -> torch.nn.Module:
+    """A new network for a stage, seeded: one pseudo-sensor per modality (stage 1) or a U-Fuser,
+    with the weights of ``init_state`` when given (fine-tuning, see :mod:`~monai_emma.engines.finetune`)."""
     if stage is SENSORS:
         torch.manual_seed(cfg.seed)
         return SensorBank(modalities_of(train_pairs), preset=cfg.sensor_preset)
     torch.manual_seed(cfg.seed + 1)
-    return UFuser()
+    fuser = UFuser()
+    if init_state is not None:
+        fuser.load_state_dict(init_state)
+    return fuser
 
 
 def stage_validator(
@@ -196,12 +205,14 @@ def fuser_trainer(
     cfg: TrainConfig,
     out_dir: str | os.PathLike,
     device: torch.device,
+    init_state: dict | None = None,
     **trainer_kwargs: Any,
 ):
-    """Stage 2, ready to run: the U-Fuser against frozen ``sensors``; ``trainer.run()`` writes
-    ``ufuser.pt`` in ``out_dir``. Arguments as :func:`sensor_trainer`."""
+    """Stage 2, ready to run: the U-Fuser (from ``init_state`` when given: fine-tuning, with a fresh
+    optimiser) against frozen ``sensors``; ``trainer.run()`` writes ``ufuser.pt`` in ``out_dir``.
+    Arguments as :func:`sensor_trainer`."""
     device = torch.device(device)
-    fuser = stage_network(FUSER, train_pairs, cfg).to(device)
+    fuser = stage_network(FUSER, train_pairs, cfg, init_state).to(device)
     sensors = sensors.to(device).freeze()
     validator = stage_validator(FUSER, val_pairs, cfg, device, fuser, sensors)
     dataset = stage_dataset(train_pairs, cfg, FUSER)
@@ -245,27 +256,63 @@ def train_fuser(
     return _run(FUSER, out_dir, prepared)
 
 
+def training_split(
+    data: str | os.PathLike | Sequence[str | os.PathLike] | Datalist,
+    cfg: TrainConfig,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> tuple[list, list, dict]:
+    """The training and validation items of a run and its ``split.json`` record: PNG roots split by
+    slice (:func:`~monai_emma.data.pairs.split_pairs`), or a datalist's studies split by study
+    (:meth:`~monai_emma.studies.Datalist.training_split`, cached in the datalist's ``cache_dir``,
+    else ``cache_dir``), with the seed and validation fraction of ``cfg``."""
+    if isinstance(data, Datalist):
+        cache = data.cache_dir if data.cache_dir is not None else cache_dir
+        return data.training_split(cfg.val_fraction, cfg.seed, cache, progress)
+    train, val = split_pairs(find_pairs(data), cfg.val_fraction, cfg.seed)
+    return train, val, split_record(data, train, val)
+
+
 def run_training(
-    data: str | os.PathLike | Sequence[str | os.PathLike],
+    data: str | os.PathLike | Sequence[str | os.PathLike] | Datalist,
     out_dir: str | os.PathLike,
     cfg: TrainConfig,
     device: str | torch.device = "cpu",
     resume: bool = True,
     progress: bool = True,
+    init: FuserInit | None = None,
 ) -> dict[str, StageResult]:
-    """Both stages in this process (``monai-emma train``) on one data root or several, in the
+    """Both stages in this process (``monai-emma train``) on one data root or several, or the
+    studies of a :class:`~monai_emma.studies.Datalist` (preprocessed studies cached in
+    ``<out_dir>/cache`` unless the datalist names a cache folder), in the
     :class:`~monai_emma.engines.stages.RunLayout` of ``out_dir``. A finished stage is not repeated
-    when ``resume`` is set; an interrupted one continues from its last epoch checkpoint."""
+    when ``resume`` is set; an interrupted one continues from its last epoch checkpoint.
+
+    With ``init`` (:func:`~monai_emma.engines.finetune.resolve_init`) there is no stage 1: stage 2
+    starts from the init's weights (a fresh optimiser; the run's own stage-2 checkpoints, if any,
+    still come first) against the init's sensors, which become the run's stage-1 sensors file."""
     device = torch.device(device)
     layout = RunLayout(out_dir)
-    pairs = find_pairs(data)  # fails before anything is written
-    train_pairs, val_pairs = split_pairs(pairs, cfg.val_fraction, cfg.seed)
-    layout.write_record(cfg, data, train_pairs, val_pairs)
+    check_stage1(cfg, init)
+    # fails before anything is written (a datalist: before any study is preprocessed)
+    train_pairs, val_pairs, split = training_split(data, cfg, layout.root / "cache", progress)
+    pairs = [*train_pairs, *val_pairs]
+    identity = cfg.sensor_preset == IDENTITY_SENSORS
+    if init is not None:  # checked, and the sensors published, before anything else is written
+        cfg = finetune_config(cfg, init)
+        if not identity:
+            init.check_modalities(modalities_of(pairs))
+            publish_init_sensors(init, layout.weights(SENSORS), overwrite=not resume)
+        logger.info("stage 2 starts from %s (sha256 %s); no stage 1", init.weights, init.sha256[:12])
+    layout.write_record(cfg, data, train_pairs, val_pairs, split)
     results: dict[str, StageResult] = {}
     kwargs = dict(resume=resume, progress=progress)
-    if cfg.sensor_preset == IDENTITY_SENSORS:
+    if identity:
         logger.info("identity sensors: no stage 1")
         sensors = SensorBank(modalities_of(train_pairs), preset=IDENTITY_SENSORS)
+    elif init is not None:
+        logger.info("pseudo-sensors: %s", init.sensors_source)
+        sensors = init.sensors
     else:
         if resume and layout.weights(SENSORS).exists():
             logger.info("stage 1 already finished: %s", layout.weights(SENSORS))
@@ -279,7 +326,8 @@ def run_training(
         logger.info("stage 2 already finished: %s", layout.weights(FUSER))
         results[FUSER.name] = StageResult(FUSER.name, layout.weights(FUSER))
     else:
+        init_state = init.state if init is not None else None
         results[FUSER.name] = train_fuser(
-            train_pairs, val_pairs, sensors, cfg, layout.stage_dir(FUSER), device, **kwargs
+            train_pairs, val_pairs, sensors, cfg, layout.stage_dir(FUSER), device, init_state=init_state, **kwargs
         )
     return results

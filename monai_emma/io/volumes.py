@@ -37,6 +37,7 @@ __all__ = [
     "PydicomWarnings",
     "VolumeReadError",
     "read_volume",
+    "volume_geometry",
     "list_dicom_series",
     "input_kind",
     "guess_modality",
@@ -575,12 +576,7 @@ def read_volume(path: str | os.PathLike, series_uid: str | Sequence[str] | None 
         >>> vol.array.shape, vol.spacing  # doctest: +SKIP
         ((256, 256, 128), (1.0, 1.0, 1.0))
     """
-    p = Path(path)
-    if not p.exists():
-        raise VolumeReadError(f"{p}: no such file or folder")
-    if p.is_file() and p.stat().st_size == 0:
-        raise VolumeReadError(f"{p}: empty file")
-    kind = input_kind(p)
+    p, kind = _existing_input(path)
     if kind == "dicom":
         vol = _read_dicom(p, series_uid)
     elif kind == "image2d":
@@ -597,6 +593,83 @@ def read_volume(path: str | os.PathLike, series_uid: str | Sequence[str] | None 
     if vol.is_3d and abs(np.linalg.det(vol.affine[:3, :3])) < 1e-9:
         raise VolumeReadError(f"{p}: degenerate voxel-to-world affine (zero voxel size)")
     return vol
+
+
+def _dicom_geometry(path: Path) -> tuple[tuple[int, int, int], np.ndarray]:
+    """Shape and voxel-to-RAS affine of a DICOM series (or file) from its headers: X along the
+    columns, Y along the rows, Z along the slices in InstanceNumber order."""
+    if path.is_dir():
+        series = list_dicom_series(path)
+        if len(series) > 1:
+            listing = "; ".join(s.summary() for s in series.values())
+            raise VolumeReadError(f"{path}: {len(series)} DICOM series here, give a folder holding one: {listing}")
+        chosen = next(iter(series.values()))
+        files, headers = _check_series_headers(path, chosen.files, chosen.headers)
+    else:
+        files, headers = _check_series_headers(path.parent, [path], [_read_header(path)])
+    first, last = headers[0], headers[-1]
+    iop = np.asarray(first.ImageOrientationPatient, float)
+    dr, dc = (float(v) for v in first.get("PixelSpacing", (1.0, 1.0)))
+    ipp0, ipp1 = (np.asarray(ds.ImagePositionPatient, float) for ds in (first, last))
+    if len(headers) > 1:
+        step = (ipp1 - ipp0) / (len(headers) - 1)
+    else:
+        step = np.cross(iop[:3], iop[3:]) * (float(first.get("SliceThickness", 0) or 0) or 1.0)
+    lps = np.eye(4)
+    lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = iop[:3] * dc, iop[3:] * dr, step, ipp0
+    return (int(first.Columns), int(first.Rows), len(files)), LPS_TO_RAS @ lps
+
+
+def _existing_input(path: str | os.PathLike) -> tuple[Path, str]:
+    """The input as a path that exists and is not empty, and its kind (:func:`input_kind`)."""
+    p = Path(path)
+    if not p.exists():
+        raise VolumeReadError(f"{p}: no such file or folder")
+    if p.is_file() and p.stat().st_size == 0:
+        raise VolumeReadError(f"{p}: empty file")
+    return p, input_kind(p)
+
+
+def volume_geometry(path: str | os.PathLike) -> tuple[tuple[int, ...], np.ndarray]:
+    """A volume's shape and voxel-to-RAS affine from its header alone (NIfTI, Analyze, MGH, MINC,
+    ECAT and DICOM series: no pixel data is read; other formats are read whole): enough to check,
+    before anything is loaded, that an input is a 3D volume and where it lies.
+
+    For DICOM the axes may be ordered differently from :func:`read_volume`'s array, but the grid
+    covers the same voxels (the same field of view).
+
+    Raises:
+        VolumeReadError: missing, unreadable, a 2D image, or a 4D volume; one line naming the input.
+    """
+    p, kind = _existing_input(path)
+    if kind == "image2d":
+        raise VolumeReadError(f"{p}: a 2D image, not a volume")
+    if kind == "dicom":
+        shape, affine = _dicom_geometry(p)
+    elif kind in ("nrrd", "parrec"):
+        vol = read_volume(p)
+        shape, affine = vol.array.shape, vol.affine
+    else:
+        import nibabel as nib
+
+        try:
+            img = nib.ecat.load(str(p)) if kind == "ecat" else nib.load(str(p))
+            shape, affine = tuple(int(n) for n in img.shape), np.asarray(img.affine, np.float64)
+        except ModuleNotFoundError as err:
+            raise VolumeReadError(
+                f"{p}: reading this {_FORMAT_NAMES[kind]} file needs {err.name}: pip install {err.name}"
+            ) from err
+        except Exception as err:
+            raise VolumeReadError(f"{p}: not a readable {_FORMAT_NAMES[kind]} file ({first_line(err)})") from err
+        while len(shape) > 3 and shape[-1] == 1:
+            shape = shape[:-1]
+        if len(shape) == 2:
+            shape = (*shape, 1)
+        if len(shape) != 3:
+            raise VolumeReadError(f"{p}: expected a 3D volume, got shape {shape} (4D series are not fused)")
+    if abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+        raise VolumeReadError(f"{p}: degenerate voxel-to-world affine (zero voxel size)")
+    return tuple(int(n) for n in shape), affine
 
 
 def _name_modality(path: Path) -> str | None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from monai_emma.engines.finetune import finetune_config
 from monai_emma.engines.stages import FUSER, SENSORS, STAGES, RunLayout
 from monai_emma.pipeline.worker import quiet_env, ray_checkpoint_dir, train_loop_per_worker
 from monai_emma.registry import experiment_id, find_or_create_run, log_and_register
@@ -56,6 +57,10 @@ class PipelineOptions:
     alias: str = "candidate"
     address: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+    #: fine-tuning: stage 2 starts from these U-Fuser weights (a shipped set, a file, a run or bundle
+    #: folder, an MLflow model URI in ``tracking_uri``'s registry) against their sensors; no stage 1
+    init: str | None = None
+    init_sensors: str | None = None  # the sensors to fine-tune against instead of the init's own
     #: extra ignite handlers for the workers, by stage name (``{"sensors": [handler]}``); each must
     #: pickle (Ray ships it to every worker) and is attached before the epoch report
     worker_handlers: dict[str, list[Any]] = field(default_factory=dict)
@@ -80,6 +85,18 @@ class PipelineOptions:
                 "sensor_preset=identity (the no-pseudo-sensing ablation) has no stage 1 to distribute; "
                 "run it with `monai-emma train --sensors identity`"
             )
+        from monai_emma.engines.finetune import InitError, check_stage1
+
+        explicit = self.sensor_epochs if self.sensor_epochs is not None else self.overrides.get("sensor_epochs")
+        if self.init and explicit:
+            raise InitError(
+                "--init fine-tunes against the sensors that come with the weights (or --init-sensors); "
+                f"--sensor-epochs {explicit} would train new ones: leave it out or give 0"
+            )
+        if self.init_sensors and not self.init:
+            raise InitError("--init-sensors goes with --init (the sensors its weights are fine-tuned against)")
+        if not self.init:
+            check_stage1(cfg, None, identity="")
         return cfg
 
 
@@ -140,7 +157,10 @@ def run_pipeline(opts: PipelineOptions) -> PipelineResult:
         cfg = opts.train_config()
         # fail early, with a clear message, before anything starts: missing data, or a split that
         # leaves a pair type without training pairs
-        split_pairs(find_pairs(opts.data), cfg.val_fraction, cfg.seed)
+        pairs = find_pairs(opts.data)
+        split_pairs(pairs, cfg.val_fraction, cfg.seed)
+        init = _resolve_init(opts, pairs)
+        cfg = finetune_config(cfg, init)
     storage_default, uri_default, artifacts_default = local_defaults(opts.run_root)
     storage = opts.storage_path or storage_default
     if "://" not in storage:
@@ -149,10 +169,24 @@ def run_pipeline(opts: PipelineOptions) -> PipelineResult:
     tracking_uri = opts.tracking_uri or uri_default
     Path(opts.run_root).mkdir(parents=True, exist_ok=True)
     with scoped_tracking_uri(tracking_uri):  # the process-wide MLflow URI is restored afterwards
-        return _run_stages(opts, cfg, storage, tracking_uri, artifacts_default, timer, t0)
+        return _run_stages(opts, cfg, storage, tracking_uri, artifacts_default, timer, t0, init)
 
 
-def _run_stages(opts: PipelineOptions, cfg, storage: str, tracking_uri: str, artifacts_default: str, timer, t0):
+def _resolve_init(opts: PipelineOptions, pairs):
+    """``opts.init`` resolved and checked against the data's modalities (None without one)."""
+    from monai_emma.engines.finetune import resolve_init
+    from monai_emma.engines.two_stage import modalities_of
+
+    if not opts.init:
+        return None
+    init = resolve_init(opts.init, opts.init_sensors, opts.tracking_uri or local_defaults(opts.run_root)[1])
+    init.check_modalities(modalities_of(pairs))
+    return init
+
+
+def _run_stages(
+    opts: PipelineOptions, cfg, storage: str, tracking_uri: str, artifacts_default: str, timer, t0, init=None
+):
     import mlflow
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -163,15 +197,24 @@ def _run_stages(opts: PipelineOptions, cfg, storage: str, tracking_uri: str, art
         client = mlflow.MlflowClient(tracking_uri)
         exp_id = experiment_id(client, opts.experiment, artifacts_default if not opts.tracking_uri else None)
         parent_id = find_or_create_run(client, exp_id, {"emma.pipeline": opts.name, "emma.role": "parent"}, opts.name)
-        if "data" not in client.get_run(parent_id).data.params:
+        params = client.get_run(parent_id).data.params
+        if "data" not in params:
             client.log_param(parent_id, "data", ", ".join(data_roots(opts.data)))
             client.log_param(parent_id, "recipe", cfg.recipe)
+            for key, value in _init_params(cfg).items():  # fine-tuning: given, resolved, hashes
+                client.log_param(parent_id, key, value)
+        elif params.get("init", "") != (opts.init or ""):
+            was = f"--init {params['init']}" if params.get("init") else "no --init"
+            raise ValueError(f"pipeline run {opts.name!r} was started with {was}: resume it so, or use another --name")
     with timer.phase("ray_init"):
         _init_ray(opts.address)
 
     checkpoints: dict[str, str] = {}
     per_stage: dict[str, dict[str, float]] = {}
     for stage in STAGES:
+        if stage is SENSORS and init is not None:
+            logger.info("fine-tuning from %s: no stage 1, sensors: %s", init.weights, init.sensors_source)
+            continue
         tag = f"emma.checkpoint.{stage.name}"
         done = client.get_run(parent_id).data.tags.get(tag)
         if done and _exists(done):
@@ -195,6 +238,8 @@ def _run_stages(opts: PipelineOptions, cfg, storage: str, tracking_uri: str, art
             "sensors_checkpoint": checkpoints.get(SENSORS.name),
             "attempts_file": str(Path(opts.run_root).resolve() / f"{opts.name}-attempts.jsonl"),
             "worker_handlers": opts.worker_handlers,
+            # fine-tuning: the weights stage 2 starts from and the sensors it trains against
+            "init_state": _init_state(init) if stage is FUSER else None,
         }
         trainer = TorchTrainer(
             train_loop_per_worker,
@@ -224,7 +269,7 @@ def _run_stages(opts: PipelineOptions, cfg, storage: str, tracking_uri: str, art
         sensor_versions = json.loads(tags.get("emma.sensor_versions", "{}"))
     else:
         with timer.phase("registration"):
-            fuser, sensors = _trained_networks(checkpoints)
+            fuser, sensors = _trained_networks(checkpoints, init.sensors if init is not None else None)
             model_uri, version, sensor_versions = log_and_register(
                 client, parent_id, fuser, sensors, opts.model_name, opts.alias
             )
@@ -232,7 +277,9 @@ def _run_stages(opts: PipelineOptions, cfg, storage: str, tracking_uri: str, art
             client.set_tag(parent_id, "emma.sensor_versions", json.dumps(sensor_versions))
             client.set_tag(parent_id, "emma.model_uri", model_uri)
     with timer.phase("run_folder"):
-        folder = write_run_folder(opts.run_root, opts.name, opts.data, cfg, checkpoints)
+        folder = write_run_folder(
+            opts.run_root, opts.name, opts.data, cfg, checkpoints, init.sensors if init is not None else None
+        )
     timings = {"driver": timer.as_dict(), "stages": per_stage, "total": round(time.perf_counter() - t0, 3)}
     (folder / "timings.json").write_text(json.dumps(timings, indent=1))
     _log_timings(client, parent_id, timings)
@@ -331,8 +378,25 @@ def _log_timings(client, run_id: str, timings: dict[str, Any]) -> None:
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in values.items()])
 
 
-def _trained_networks(checkpoints: dict[str, str]):
-    """The U-Fuser and the sensor bank of the final stage checkpoints."""
+def _init_params(cfg) -> dict[str, str]:
+    """The ``init*`` MLflow parameters of a fine-tuning run (none otherwise)."""
+    from monai_emma.engines.trainer import _flat_params
+
+    return {k: v for k, v in _flat_params(cfg.to_dict(), FUSER, cfg.fuser).items() if k.startswith("init")}
+
+
+def _init_state(init) -> dict[str, Any] | None:
+    """What the stage-2 workers need of an init (sent with the loop configuration)."""
+    if init is None:
+        return None
+    from monai_emma.networks.sensor_bank import sensor_bank_state
+
+    return {"fuser": init.state, "sensors": sensor_bank_state(init.sensors)}
+
+
+def _trained_networks(checkpoints: dict[str, str], sensors=None):
+    """The U-Fuser and the sensor bank of the final stage checkpoints (``sensors`` when given:
+    a fine-tuning run has no stage-1 checkpoint)."""
     import torch
 
     from monai_emma.networks import UFuser
@@ -341,17 +405,25 @@ def _trained_networks(checkpoints: dict[str, str]):
     net = UFuser()
     with ray_checkpoint_dir(checkpoints[FUSER.name]) as d:
         net.load_state_dict(torch.load(Path(d) / FUSER.weights_file, map_location="cpu", weights_only=True))
+    if sensors is not None:
+        return net.eval(), sensors
     with ray_checkpoint_dir(checkpoints[SENSORS.name]) as d:
         bank = load_sensor_bank(Path(d) / SENSORS.weights_file)
     return net.eval(), bank
 
 
 def write_run_folder(
-    run_root: str | os.PathLike, name: str, data: str | list[str], cfg, checkpoints: dict[str, str]
+    run_root: str | os.PathLike,
+    name: str,
+    data: str | list[str],
+    cfg,
+    checkpoints: dict[str, str],
+    sensors=None,
 ) -> Path:
     """Mirror a finished pipeline run as ``<run_root>/<name>/`` in the layout of ``monai-emma
     train`` (:class:`~monai_emma.engines.stages.RunLayout`), so the same tools (e.g.
-    ``scripts/ship_weights.py``) work on both."""
+    ``scripts/ship_weights.py``, ``--init``) work on both. ``sensors`` (a fine-tuning run's,
+    which has no stage-1 checkpoint) become its stage-1 sensors file."""
     from monai_emma.data.pairs import find_pairs, split_pairs
 
     layout = RunLayout(Path(run_root) / name)
@@ -361,6 +433,12 @@ def write_run_folder(
         if stage.name in checkpoints:
             with ray_checkpoint_dir(checkpoints[stage.name]) as d:
                 shutil.copytree(d, layout.stage_dir(stage), dirs_exist_ok=True)
+    if sensors is not None:
+        from monai_emma.engines.trainer import save_state
+        from monai_emma.networks.sensor_bank import sensor_bank_state
+
+        layout.stage_dir(SENSORS).mkdir(parents=True, exist_ok=True)
+        save_state(sensor_bank_state(sensors), layout.weights(SENSORS))
     return layout.root
 
 

@@ -148,7 +148,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from monai_emma.data.pairs import find_pairs, split_pairs
     from monai_emma.engines import TrainConfig, fuser_trainer, sensor_trainer
     from monai_emma.engines.timing import PhaseTimer
-    from monai_emma.networks.sensor_bank import load_sensor_bank, sensor_bank_state
+    from monai_emma.networks.sensor_bank import load_sensor_bank, sensor_bank_from_state, sensor_bank_state
 
     timer = PhaseTimer()
     stage = get_stage(config["stage"])
@@ -198,6 +198,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         with timer.phase("setup"):
             if stage is SENSORS:
                 trainer, _ = sensor_trainer(train_pairs, val_pairs, cfg, out_dir, device, **kwargs)
+            elif config.get("init_state"):  # fine-tuning: the init's weights against its sensors
+                init = config["init_state"]
+                sensors = sensor_bank_from_state(init["sensors"], "the init's sensors").to(device)
+                trainer, _ = fuser_trainer(
+                    train_pairs, val_pairs, sensors, cfg, out_dir, device, init_state=init["fuser"], **kwargs
+                )
             else:
                 with ray_checkpoint_dir(config["sensors_checkpoint"]) as d:
                     sensors = load_sensor_bank(Path(d) / SENSORS.weights_file, map_location=device)
