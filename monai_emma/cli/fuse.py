@@ -192,8 +192,11 @@ class FuseCommand(Command):
         what = f"{result.fused.shape[-1]} slices" if result.is_3d else "1 image"
         print(f"fused {what} in {result.seconds:.1f} s with {source}")
         for kind, path in files.items():
-            size = f" ({_size(path)})" if kind == "viewer" else ""
-            print(f"wrote {kind}: {path}{size}")
+            if kind == "viewer":  # with its size: pages of volumes run to megabytes
+                from monai_emma.viewer import describe_page
+
+                path = path.parent / describe_page(path)
+            print(f"wrote {kind}: {path}")
         if report is not None:
             from monai_emma.fidelity import report_line
 
@@ -296,8 +299,3 @@ def _series_per_input(args: argparse.Namespace):
                 f"the anatomical series first: {listing}"
             )
     return uids or None, uids or None
-
-
-def _size(path: Path) -> str:
-    n = path.stat().st_size
-    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.0f} kB"
