@@ -29,6 +29,7 @@ import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,7 @@ from monai_emma.data.datalist import (
     study_split_record,
 )
 from monai_emma.data.pairs import StudySlice
+from monai_emma.io.remote import RemoteReadError, is_uri, local_copy, uri_fingerprint
 from monai_emma.transforms.intensity import IntensityRule
 
 __all__ = [
@@ -52,8 +54,12 @@ __all__ = [
     "check_studies",
     "preprocess_study",
     "study_slices",
+    "study_rows",
+    "slice_of_row",
     "StudyCache",
     "prepare_studies",
+    "study_record",
+    "axial_slices",
     "Datalist",
     "CACHE_VERSION",
 ]
@@ -145,6 +151,8 @@ def check_studies(studies: Sequence[Study]) -> None:
     from monai_emma.io.volumes import VolumeReadError, volume_geometry
 
     for study in studies:
+        if is_uri(study.anatomical) or is_uri(study.other):
+            continue  # read where the study is preprocessed, and reported the same way there
         grids = []
         for path in (study.anatomical, study.other):
             try:
@@ -187,19 +195,28 @@ def preprocess_study(entry: Study | Mapping, options: StudyOptions | Mapping | N
     study = entry if isinstance(entry, Study) else Study.from_entry(entry)
     if options is None or isinstance(options, Mapping):
         options = StudyOptions.from_dict(options or {})
-    job = {
-        "anatomical": str(study.anatomical),
-        "other": str(study.other),
-        "modality": study.b_modality,
-        "anatomical_modality": study.a_modality,
-    }
+    copies: dict[str, str] = {}  # local copy -> URI, to name the URI in errors
     try:
-        try:
-            d = options.preprocessing()(job)
-        except RuntimeError as err:  # MONAI's Compose wraps what a transform raised
-            raise transform_cause(err) from None
-    except (FusionError, VolumeReadError) as err:
-        raise study.error(str(err)) from None
+        with ExitStack() as stack:  # URIs: local copies while they are read
+            paths = []
+            for p in (study.anatomical, study.other):
+                paths.append(stack.enter_context(local_copy(p)) if is_uri(p) else p)
+                copies.update({str(paths[-1]): str(p)} if is_uri(p) else {})
+            job = {
+                "anatomical": str(paths[0]),
+                "other": str(paths[1]),
+                "modality": study.b_modality,
+                "anatomical_modality": study.a_modality,
+            }
+            try:
+                d = options.preprocessing()(job)
+            except RuntimeError as err:  # MONAI's Compose wraps what a transform raised
+                raise transform_cause(err) from None
+    except (FusionError, VolumeReadError, RemoteReadError) as err:
+        message = str(err)
+        for local, uri in copies.items():
+            message = message.replace(local, uri)
+        raise study.error(message) from None
     notes = list(d.get("notes") or [])
     rules = dict(options.rules)
     for key, modality in (("anatomical", study.a_modality), ("other", study.b_modality)):
@@ -229,6 +246,33 @@ def preprocess_study(entry: Study | Mapping, options: StudyOptions | Mapping | N
     }
 
 
+def study_rows(record: Mapping, keep: int | None = None) -> list[dict]:
+    """A :func:`preprocess_study` record as one flat row per slice (what a Ray Data ``flat_map``
+    returns): ``image`` (float32 ``(2, H, W)``), ``study`` (the entry as JSON), ``z`` and ``depth``.
+
+    Args:
+        record: the study's record.
+        keep: at most this many slices, evenly spaced through the study (e.g. validation slices);
+            all when None.
+    """
+    entry, depth = json.dumps(record["study"], sort_keys=True), int(record["depth"])
+    picks = range(len(record["z"]))
+    if keep is not None and len(picks) > keep:
+        picks = np.unique(np.linspace(0, len(picks) - 1, max(1, int(keep))).round().astype(int))
+    image = record["image"]
+    return [
+        {"image": np.array(image[i], np.float32), "study": entry, "z": int(record["z"][i]), "depth": depth}
+        for i in picks
+    ]
+
+
+def slice_of_row(row: Mapping) -> StudySlice:
+    """The :class:`~monai_emma.data.pairs.StudySlice` of a :func:`study_rows` row."""
+    study = Study.from_entry(json.loads(row["study"]))
+    # a copy: Ray hands rows over as read-only views of its object store
+    return study.slice(np.array(row["image"], np.float32), int(row["z"]), int(row["depth"]))
+
+
 def study_slices(record: Mapping) -> list[StudySlice]:
     """The :class:`~monai_emma.data.pairs.StudySlice` items of a :func:`preprocess_study` record
     (views into its ``image``: no copy)."""
@@ -241,9 +285,15 @@ def study_slices(record: Mapping) -> list[StudySlice]:
 # the on-disk cache
 
 
-def _fingerprint(path: Path) -> list:
+def _resolved(path: Path | str) -> Path | str:
+    return path if is_uri(path) else Path(path).resolve()
+
+
+def _fingerprint(path: Path | str) -> list:
     """What identifies an input's content cheaply: its resolved path, size and modification time
     (for a DICOM folder, those of every file in it)."""
+    if is_uri(path):
+        return uri_fingerprint(path)
     path = path.resolve()
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file())
@@ -307,6 +357,42 @@ class StudyCache:
         return self.load(study, options) or dict(record)
 
 
+def study_record(study: Study, options: StudyOptions, cache: StudyCache | None = None) -> tuple[dict, bool]:
+    """One study's :func:`preprocess_study` record, from ``cache`` when it is there (else
+    preprocessed and stored), and whether it came from the cache. A study without a slice with
+    foreground is logged as skipped (its record has no slices)."""
+    record = cache.load(study, options) if cache is not None else None
+    hit = record is not None
+    if record is None:
+        record = preprocess_study(study, options)
+        if cache is not None:
+            record = cache.store(study, options, record)
+    if not len(record["z"]):
+        logger.warning(
+            "%s: no slice with foreground (%.0f%% of the pixels above %g); skipped",
+            study.entry,
+            100 * options.min_foreground,
+            options.threshold,
+        )
+    return record, hit
+
+
+def axial_slices(studies: Sequence[Study], default: int = 128) -> int:
+    """How many axial slices ``studies`` hold, from the anatomical volumes' headers: an upper bound
+    on their slices with foreground (URIs, whose headers are read only where they are preprocessed,
+    count as the others' median, or ``default``)."""
+    from monai_emma.io.volumes import volume_geometry
+
+    depths = []
+    for study in studies:
+        if is_uri(study.anatomical):
+            continue
+        shape, affine = volume_geometry(study.anatomical)
+        depths.append(int(shape[int(np.argmax(np.abs(np.asarray(affine)[2, :3])))]))
+    fill = int(np.median(depths)) if depths else default
+    return sum(depths) + fill * (len(studies) - len(depths))
+
+
 def prepare_studies(
     studies: Sequence[Study],
     options: StudyOptions,
@@ -328,21 +414,9 @@ def prepare_studies(
     out: dict[Study, list[StudySlice]] = {}
     cached = 0
     for study in tqdm(studies, desc=what, disable=not progress):
-        record = cache.load(study, options) if cache is not None else None
-        if record is None:
-            record = preprocess_study(study, options)
-            if cache is not None:
-                record = cache.store(study, options, record)
-        else:
-            cached += 1
+        record, hit = study_record(study, options, cache)
+        cached += hit
         out[study] = study_slices(record)
-        if not out[study]:
-            logger.warning(
-                "%s: no slice with foreground (%.0f%% of the pixels above %g); skipped",
-                study.entry,
-                100 * options.min_foreground,
-                options.threshold,
-            )
     if studies and not any(out.values()):
         raise DatalistError(f"{studies[0].where}: no study has a slice with foreground; nothing to use")
     if studies:
@@ -396,22 +470,8 @@ class Datalist:
             ``(train slices, validation slices, split record)``; the record is the run's
             ``split.json`` (:func:`~monai_emma.data.datalist.study_split_record`).
         """
-        data = read_datalist(self.path)
-        options = self.resolved_options(data)
-        train = load_datalist(self.path, "training")
-        has_list = "validation" in data
-        if has_list:
-            val = load_datalist(self.path, "validation")
-            files = {(s.anatomical.resolve(), s.other.resolve()): s for s in train}
-            for s in val:
-                twin = files.get((s.anatomical.resolve(), s.other.resolve()))
-                if twin is not None:
-                    raise s.error(f"{s.anatomical}: the same study as training[{twin.index}]")
-                if s.id in {t.id for t in train}:
-                    raise s.error(f"{s.anatomical}: study id {s.id} is also a training study's; give each a name")
-        else:
-            train, val = split_studies(train, val_fraction, seed)
-        check_studies([*train, *val])
+        train, val, has_list = self.study_split(val_fraction, seed)
+        options = self.resolved_options()
         cache = cache_dir if cache_dir is not None else self.cache_dir
         train_slices = prepare_studies(train, options, cache, progress, "training studies")
         val_slices = prepare_studies(val, options, cache, progress, "validation studies")
@@ -420,6 +480,38 @@ class Datalist:
         record["options"] = options.to_dict()
         flat = [[x for v in group.values() for x in v] for group in (train_slices, val_slices)]
         return flat[0], flat[1], record
+
+    def study_split(self, val_fraction: float = 0.2, seed: int = 0) -> tuple[list[Study], list[Study], bool]:
+        """The training and validation studies (the rule of :meth:`training_split`), every entry
+        checked from the headers (:func:`check_studies`); nothing is preprocessed.
+
+        Returns:
+            ``(training studies, validation studies, whether validation is the datalist's own list)``.
+        """
+        data = read_datalist(self.path)
+        train = load_datalist(self.path, "training")
+        has_list = "validation" in data
+        if has_list:
+            val = load_datalist(self.path, "validation")
+            files = {(_resolved(s.anatomical), _resolved(s.other)): s for s in train}
+            for s in val:
+                twin = files.get((_resolved(s.anatomical), _resolved(s.other)))
+                if twin is not None:
+                    raise s.error(f"{s.anatomical}: the same study as training[{twin.index}]")
+                if s.id in {t.id for t in train}:
+                    raise s.error(f"{s.anatomical}: study id {s.id} is also a training study's; give each a name")
+        else:
+            train, val = split_studies(train, val_fraction, seed)
+        trained = {m for s in train for m in (s.a_modality, s.b_modality)}
+        for s in val:
+            for m in (s.a_modality, s.b_modality):
+                if m not in trained:
+                    raise s.error(
+                        f"{s.anatomical if m == s.a_modality else s.other}: no training study has {m} "
+                        f"(its pseudo-sensor would be untrained); add {m} studies to 'training'"
+                    )
+        check_studies([*train, *val])
+        return train, val, has_list
 
     def slices(
         self,

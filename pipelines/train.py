@@ -3,6 +3,7 @@
 Laptop (local Ray runtime, SQLite MLflow under ./emma-runs)::
 
     python pipelines/train.py --data ../shared/data/harvard
+    python pipelines/train.py --datalist studies/dataset.json --window ct=0,255   # NIfTI/DICOM via Ray Data
 
 Cluster::
 
@@ -22,12 +23,21 @@ from collections.abc import Sequence
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pipelines/train.py", description=__doc__.splitlines()[0])
-    p.add_argument(
+    from monai_emma.cli.options import add_datalist_options
+
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument(
         "--data",
-        required=True,
         action="append",
         help="Harvard-style (<PAIR>/<MOD>/n.png) or IVF-style root; repeat to train on several roots",
     )
+    source.add_argument(
+        "--datalist",
+        metavar="FILE",
+        help="a MONAI datalist of NIfTI/DICOM studies (paths, or URIs such as s3://...), streamed to the workers "
+        "by Ray Data (see docs/training.md)",
+    )
+    add_datalist_options(p)
     p.add_argument("--num-workers", type=int, default=2, help="Ray Train workers (DDP ranks), default 2")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
     p.add_argument("--resources-per-worker", type=json.loads, help='JSON, e.g. \'{"CPU": 4, "GPU": 1}\'')
@@ -63,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from monai_emma.cli.base import CLIError
+    from monai_emma.cli.options import datalist_of
     from monai_emma.data.pairs import PairDataError
     from monai_emma.engines.config import parse_overrides
     from monai_emma.extras import MissingExtraError
@@ -71,11 +83,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         overrides = parse_overrides(args.override)
-    except ValueError as err:
+        datalist = datalist_of(args)
+    except (ValueError, CLIError) as err:
         print(f"pipelines/train.py: error: {err}", file=sys.stderr)
         return 2
     opts = PipelineOptions(
         data=args.data,
+        datalist=args.datalist,
+        cache_dir=args.cache_dir,
+        study_options=datalist.options.to_dict() if datalist is not None else {},
         num_workers=args.num_workers,
         use_gpu=args.use_gpu,
         resources_per_worker=args.resources_per_worker,

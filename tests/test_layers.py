@@ -12,7 +12,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "monai_emma"
 
 #: lowest first; a module may import its own layer (without cycles) and the layers below
 LAYERS = [
-    ("monai_emma", "monai_emma.errors", "monai_emma.extras", "monai_emma.precision", "monai_emma.io.atomic"),
+    (
+        "monai_emma",
+        "monai_emma.errors",
+        "monai_emma.extras",
+        "monai_emma.precision",
+        "monai_emma.io.atomic",
+        "monai_emma.io.remote",
+    ),
     ("monai_emma.networks",),
     ("monai_emma.transforms", "monai_emma.losses", "monai_emma.metrics", "monai_emma.baselines"),
     ("monai_emma.data", "monai_emma.weights"),

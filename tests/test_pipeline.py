@@ -286,3 +286,114 @@ def test_fine_tuning_v3_records_the_init_and_registers_like_any_run(ray_env, pha
     capsys.readouterr()
     assert pipeline_main([a for a in args if a not in ("--init", "v3")]) == 2
     assert "was started with --init v3" in capsys.readouterr().err
+
+
+def _slice_log(path):
+    """A worker handler: after each epoch every rank appends what its data loader received."""
+
+    class SliceLog:
+        def attach(self, engine):
+            from ignite.engine import Events
+
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+        def __call__(self, engine):
+            import resource
+
+            import ray.train
+
+            ds = engine.data_loader.dataset
+            line = {
+                "rank": ray.train.get_context().get_world_rank(),
+                "type": type(ds).__name__,
+                "slices": ds.slices_seen,
+                "studies": sorted(ds.studies_seen),
+                "iterations": engine.state.iteration,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            }
+            with open(path, "a") as f:
+                f.write(json.dumps(line) + "\n")
+
+    return SliceLog()
+
+
+@pytest.fixture(scope="module")
+def study_root(tmp_path_factory):
+    from monai_emma.data.phantom import write_phantom_dicom, write_phantom_nifti
+
+    root = tmp_path_factory.mktemp("pipeline-studies")
+    write_phantom_nifti(root / "nifti", head_mm=48.0, mri_spacing=3.0)
+    write_phantom_dicom(root / "dicom", seed=1, head_mm=48.0, mri_spacing=3.0, modalities=("mri", "ct"))
+    return root
+
+
+def test_a_datalist_streams_through_ray_data_to_two_workers(ray_env, study_root, tmp_path):
+    """One training study read by URI (fewer studies than workers: Ray Data splits its slices), a
+    DICOM validation study; both stages, 2 workers fed by ``get_dataset_shard``."""
+    import mlflow
+
+    from monai_emma.data.datalist import load_datalist
+    from monai_emma.pipeline import PipelineOptions, run_pipeline
+    from monai_emma.studies import preprocess_study
+
+    mri, ct = study_root / "nifti" / "mri.nii.gz", study_root / "nifti" / "ct.nii.gz"
+    datalist = tmp_path / "dataset.json"
+    datalist.write_text(
+        json.dumps(
+            {
+                "training": [{"mri": mri.as_uri(), "ct": ct.as_uri(), "name": "remote"}],
+                "validation": [{"mri": str(study_root / "dicom" / "mri"), "ct": str(study_root / "dicom" / "ct")}],
+            }
+        )
+    )
+    log = tmp_path / "slices.jsonl"
+    tiny = {**SMALL, "sensor_patch_size": 32, "fuser_patch_size": 32, "fuser_batch_size": 2, "val_slices": 4}
+    opts = PipelineOptions(
+        datalist=str(datalist),
+        num_workers=2,
+        epochs=1,
+        batch_size=4,
+        run_root=str(tmp_path / "runs"),
+        overrides=tiny,
+        worker_handlers={"sensors": [_slice_log(log)], "fuser": [_slice_log(log)]},
+    )
+    result = run_pipeline(opts)
+    assert result.model_uri == "models:/emma-ufuser/1" and set(result.stage_checkpoints) == {"sensors", "fuser"}
+
+    expected = len(preprocess_study(load_datalist(datalist)[0])["z"])  # the study's slices with foreground
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    assert len(lines) == 4  # 2 stages x 2 ranks
+    for stage in (lines[:2], lines[2:]):
+        assert {x["rank"] for x in stage} == {0, 1}
+        assert all(x["type"] == "StreamedPatchDataset" and x["studies"] == ["MRI_CT/remote"] for x in stage)
+        a, b = (x["slices"] for x in stage)
+        assert a == b > 0 and expected - 1 <= a + b <= expected  # equal shares, at most one left over
+        assert stage[0]["iterations"] == stage[1]["iterations"] > 0  # the ranks stepped together
+    # the Ray Data tasks preprocessed each study once per pass into the cache
+    cached = sorted(p.name.split("-")[0] for p in (tmp_path / "runs" / "cache").glob("*.npy"))
+    assert cached == ["MRI_CT_dicom", "MRI_CT_remote"]
+    split = json.loads((tmp_path / "runs" / "emma" / "split.json").read_text())
+    assert split["train"] == ["MRI_CT/remote"] and split["val"] == ["MRI_CT/dicom"] and "Ray Data" in split["streamed"]
+    client = mlflow.MlflowClient(result.tracking_uri)
+    assert client.get_run(result.parent_run_id).data.params["data"] == str(datalist.resolve())
+    fuser = client.search_runs([client.get_run(result.parent_run_id).info.experiment_id], "tags.`emma.stage` = 'fuser'")
+    assert fuser[0].data.metrics["val_loss"] > 0  # validated on the streamed DICOM study
+
+
+def test_a_datalist_naming_a_missing_file_is_refused_before_ray_starts(study_root, tmp_path, capsys):
+    import time
+
+    from pipelines.train import main as pipeline_main
+
+    datalist = tmp_path / "dataset.json"
+    entries = [{"mri": str(study_root / "nifti" / "mri.nii.gz"), "ct": "gone/ct.nii.gz"}]
+    datalist.write_text(json.dumps({"training": entries}))
+    t0 = time.perf_counter()
+    assert pipeline_main(["--datalist", str(datalist), "--run-root", str(tmp_path / "r")]) == 2
+    assert time.perf_counter() - t0 < 30
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "training[0]" in err and str(tmp_path / "gone" / "ct.nii.gz") in err
+    assert not (tmp_path / "r").exists()
+    # the datalist options need a datalist
+    assert pipeline_main(["--data", str(study_root), "--register", "rigid", "--run-root", str(tmp_path / "r")]) == 2
+    assert "--register goes with --datalist" in capsys.readouterr().err

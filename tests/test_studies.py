@@ -212,6 +212,32 @@ def test_a_validation_study_that_is_also_a_training_study_is_refused(studies_roo
         Datalist(path).training_split()
 
 
+def test_a_validation_modality_without_training_studies_is_refused(studies_root):
+    from monai_emma.studies import Datalist
+
+    path = _datalist(studies_root, training=TRAINING[:1], validation=[TRAINING[1]], name="pet.json")
+    with pytest.raises(DatalistError, match=r"validation\[0\] \(MRI_PET/dicom\): .*/pet: no training study has pet"):
+        Datalist(path).study_split()
+
+
+def test_study_rows_carry_slices_and_come_back_as_slices(studies_root):
+    from monai_emma.data.datalist import load_datalist
+    from monai_emma.studies import slice_of_row, study_rows
+
+    study = load_datalist(_datalist(studies_root, name="rows.json"))[0]
+    record = preprocess_study(study)
+    rows = study_rows(record)
+    assert len(rows) == len(record["z"]) and all(r["image"].dtype == np.float32 for r in rows)
+    json.dumps([{k: v for k, v in r.items() if k != "image"} for r in rows])  # the rest is plain JSON
+    back = [slice_of_row(r) for r in rows]
+    assert [s.id for s in back] == [s.id for s in study_slices(record)]
+    assert all(np.array_equal(a.image, b) for a, b in zip(back, record["image"]))
+    few = study_rows(record, keep=3)
+    zs = [r["z"] for r in few]
+    assert len(few) == 3 and zs[0] == record["z"][0] and zs[-1] == record["z"][-1]  # spread end to end
+    assert len(study_rows(record, keep=10_000)) == len(rows)
+
+
 @pytest.mark.slow
 def test_train_then_evaluate_on_nifti_and_dicom_studies(studies_root, tmp_path, monkeypatch):
     import monai_emma.studies as st

@@ -70,6 +70,20 @@ def add_register_option(p: argparse.ArgumentParser, folder: bool = False) -> Non
     )
 
 
+def add_suv_options(p: argparse.ArgumentParser, default: str | None = "auto", what: str = "") -> None:
+    """``--suv`` / ``--no-suv`` into ``args.suv`` (``"on"``, ``"off"`` or ``default``)."""
+    suv = p.add_mutually_exclusive_group()
+    suv.add_argument(
+        "--suv",
+        dest="suv",
+        action="store_const",
+        const="on",
+        default=default,
+        help=f"{what}PET DICOM in body-weight SUV, or an error naming the missing tag (default: when the tags allow)",
+    )
+    suv.add_argument("--no-suv", dest="suv", action="store_const", const="off", help=f"{what}keep PET in stored units")
+
+
 def add_fuse_arguments(p: argparse.ArgumentParser, view: bool = False) -> None:
     """The options of ``fuse`` and ``view`` (which writes the viewer page instead of images)."""
     p.add_argument("anatomical", help="MRI: PNG/JPEG/BMP/TIFF, .nii/.nii.gz, a DICOM file or a DICOM series folder")
@@ -106,16 +120,7 @@ def add_fuse_arguments(p: argparse.ArgumentParser, view: bool = False) -> None:
         help="CT base only: window LOW,HIGH in HU or a preset (head, brain, subdural, soft-tissue, lung, bone; "
         "default head: -100,300); refused for an MRI base",
     )
-    suv = p.add_mutually_exclusive_group()
-    suv.add_argument(
-        "--suv",
-        dest="suv",
-        action="store_const",
-        const="on",
-        default="auto",
-        help="PET DICOM in body-weight SUV, or an error naming the missing tag (default: when the tags allow)",
-    )
-    suv.add_argument("--no-suv", dest="suv", action="store_const", const="off", help="keep PET in stored units")
+    add_suv_options(p)
     p.add_argument("--percentiles", help="foreground percentiles LOW,HIGH of the second modality (PET/SPECT: 0,99.5)")
     p.add_argument("--mri-percentiles", help="foreground percentiles LOW,HIGH of the anatomical image (0.5,99.5)")
     p.add_argument("--colormap", help="also write a colour rendering (hot, jet, inferno, magma, viridis, turbo…)")
@@ -189,6 +194,13 @@ def add_datalist_options(p: argparse.ArgumentParser) -> None:
         metavar="MOD=LOW,HIGH",
         help="with --datalist: foreground percentiles of a modality, e.g. pet=0,99.5; repeatable",
     )
+    p.add_argument(
+        "--register",
+        choices=["none", "rigid", "affine"],
+        help="with --datalist: align each study's second volume to its anatomical one first (separate studies; "
+        "needs monai-emma[registration]); default none: the files' coordinates",
+    )
+    add_suv_options(p, default=None, what="with --datalist: ")
 
 
 def datalist_of(args: argparse.Namespace):
@@ -202,6 +214,8 @@ def datalist_of(args: argparse.Namespace):
             ("--cache-dir", args.cache_dir),
             ("--window", args.window),
             ("--percentiles", args.percentiles),
+            ("--register", args.register),
+            ("--suv" if args.suv == "on" else "--no-suv", args.suv),
         )
         if value
     ]
@@ -230,5 +244,12 @@ def datalist_of(args: argparse.Namespace):
             except ValueError as err:
                 raise CLIError(f"{flag} {spec!r}: {err}") from err
     from monai_emma.studies import Datalist, StudyOptions
+    from monai_emma.transforms.registration import check_registration
 
-    return Datalist(args.datalist, StudyOptions.make(rules), args.cache_dir)
+    register = args.register or "none"
+    try:
+        check_registration(register)  # SimpleITK present, before any study is read
+    except ValueError as err:
+        raise CLIError(f"--register {register}: {err}") from err
+    options = StudyOptions.make(rules, register=register, suv=args.suv or "auto")
+    return Datalist(args.datalist, options, args.cache_dir)

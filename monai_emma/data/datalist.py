@@ -25,17 +25,19 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from monai_emma.data.pairs import PairDataError, StudySlice, split_pairs
+from monai_emma.io.remote import is_uri
 from monai_emma.transforms.intensity import IntensityRule
 
 __all__ = [
     "DatalistError",
     "Study",
     "STUDY_MODALITIES",
+    "input_path",
     "read_datalist",
     "load_datalist",
     "datalist_intensity",
@@ -65,7 +67,8 @@ class Study:
         pair: ``MRI_CT``, ``MRI_PET``, ``MRI_SPECT``, ``CT_PET`` or ``CT_SPECT``.
         a_modality: ``"mri"`` or ``"ct"``.
         b_modality: ``"ct"``, ``"pet"`` or ``"spect"``.
-        anatomical: the anatomical file or DICOM series folder.
+        anatomical: the anatomical file or DICOM series folder (a string when a URI such as
+            ``s3://bucket/case2/mri.nii.gz``: passed through untouched).
         other: the second modality's.
         datalist: the datalist file.
         key: the list it came from (``training``, ``validation``).
@@ -76,8 +79,8 @@ class Study:
     pair: str
     a_modality: str
     b_modality: str
-    anatomical: Path
-    other: Path
+    anatomical: Path | str
+    other: Path | str
     datalist: Path
     key: str
     index: int
@@ -125,8 +128,8 @@ class Study:
     def from_entry(cls, entry: dict) -> Study:
         return cls(
             **{k: entry[k] for k in ("name", "pair", "a_modality", "b_modality", "key")},
-            anatomical=Path(entry["anatomical"]),
-            other=Path(entry["other"]),
+            anatomical=input_path(entry["anatomical"]),
+            other=input_path(entry["other"]),
             datalist=Path(entry["datalist"]),
             index=int(entry["index"]),
         )
@@ -135,6 +138,12 @@ class Study:
         """Slice ``z`` (of ``depth``) of this study as a :class:`~monai_emma.data.pairs.StudySlice`."""
         width = max(3, len(str(max(depth - 1, 0))))
         return StudySlice(image, self.pair, self.a_modality, self.b_modality, f"{self.name}/z{z:0{width}d}", self.id)
+
+
+def input_path(value: str | os.PathLike) -> Path | str:
+    """A study input as :class:`Study` holds it: a local :class:`~pathlib.Path`, or a URI string
+    kept as it is (``Path`` would fold ``s3://`` to ``s3:/``)."""
+    return value if is_uri(value) else Path(value)
 
 
 def read_datalist(path: str | os.PathLike) -> dict:
@@ -209,9 +218,13 @@ def _modalities(entry: dict, where: str) -> tuple[str, str]:
     raise DatalistError(f"{where}: {' and '.join(mods)} without an anatomical image (mri, or ct for PET/CT, SPECT/CT)")
 
 
-def _input_path(base: Path, value, where: str, modality: str) -> Path:
+def _checked_input(base: Path, value, where: str, modality: str) -> Path | str:
+    """The input's resolved, checked path; a URI (``s3://…``) as given: it is read where the study is
+    preprocessed (:mod:`monai_emma.io.remote`)."""
     if not isinstance(value, str) or not value.strip():
         raise DatalistError(f"{where}: {modality}: expected a file or folder path, got {value!r}")
+    if is_uri(value):
+        return value
     path = Path(value)
     path = path if path.is_absolute() else base / path
     if not path.exists():
@@ -264,7 +277,8 @@ def _names_of_all_lists(data: dict, base: Path) -> dict[tuple[str, int], str]:
                 continue
             value = entry.get(a_mod) if a_mod else None
             if isinstance(value, str) and value.strip():
-                path = Path(value) if Path(value).is_absolute() else base / value
+                path = Path(value.split("://", 1)[-1]) if is_uri(value) else Path(value)
+                path = path if path.is_absolute() or is_uri(value) else base / value
                 by_pair.setdefault(f"{a_mod.upper()}_{b_mod.upper()}", []).append(((key, i), path))
     names: dict[tuple[str, int], str] = {}
     for items in by_pair.values():
@@ -303,7 +317,7 @@ def load_datalist(path: str | os.PathLike, key: str = "training") -> list[Study]
         name = next((entry[k] for k in _NAME_KEYS if k in entry), None)
         if name is not None and (not isinstance(name, str | int) or not str(name).strip()):
             raise DatalistError(f"{where}: the name must be a non-empty string, got {name!r}")
-        a, b = _input_path(base, entry[a_mod], where, a_mod), _input_path(base, entry[b_mod], where, b_mod)
+        a, b = _checked_input(base, entry[a_mod], where, a_mod), _checked_input(base, entry[b_mod], where, b_mod)
         name = str(name).strip() if name is not None else derived[key, i]
         study = Study(name, f"{a_mod.upper()}_{b_mod.upper()}", a_mod, b_mod, a, b, path, key, i)
         if study.id in seen:
@@ -341,24 +355,30 @@ def select_studies(studies: Sequence[Study], ids: Sequence[str]) -> list[Study]:
 
 def study_split_record(
     datalist: str | os.PathLike,
-    train: dict[Study, Sequence[StudySlice]],
-    val: dict[Study, Sequence[StudySlice]],
+    train: Mapping[Study, Sequence[StudySlice]] | Sequence[Study],
+    val: Mapping[Study, Sequence[StudySlice]] | Sequence[Study],
     validation_list: bool,
 ) -> dict:
     """What a run stores as ``split.json`` for a datalist: the file, how validation was chosen,
-    study and slice counts per pair type, the training and validation study ids and each study's
-    slice count."""
+    study (and slice) counts per pair type, the training and validation study ids and each study's
+    slice count. Given studies without their slices (streamed studies: sliced where they are
+    preprocessed), the record has no slice counts."""
+    sliced = isinstance(train, Mapping) and isinstance(val, Mapping)
     counts: dict[str, dict[str, int]] = {}
     for part, group in (("train", train), ("val", val)):
-        for study, slices in group.items():
-            c = counts.setdefault(study.pair, {"train": 0, "val": 0, "train_slices": 0, "val_slices": 0})
+        for study in group:
+            zero = {"train": 0, "val": 0, **({"train_slices": 0, "val_slices": 0} if sliced else {})}
+            c = counts.setdefault(study.pair, zero)
             c[part] += 1
-            c[f"{part}_slices"] += len(slices)
-    return {
+            if sliced:
+                c[f"{part}_slices"] += len(group[study])
+    record = {
         "datalist": str(Path(datalist).resolve()),
         "validation": "the datalist's 'validation' list" if validation_list else "split by study (seeded)",
         "counts": dict(sorted(counts.items())),
         "train": [s.id for s in train],
         "val": [s.id for s in val],
-        "slices": {s.id: len(v) for group in (train, val) for s, v in group.items()},
     }
+    if sliced:
+        record["slices"] = {s.id: len(v) for group in (train, val) for s, v in group.items()}
+    return record

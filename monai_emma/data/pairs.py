@@ -41,6 +41,7 @@ __all__ = [
     "spread_subset",
     "load_pair",
     "PairedPatchDataset",
+    "patch_of",
     "PairDataError",
 ]
 
@@ -403,12 +404,17 @@ class PairedPatchDataset(Dataset):
         return len(self.items) * self.patches_per_image
 
     def __getitem__(self, index: int) -> dict:
-        item = self.items[index % len(self.items)]
-        self.cropper.set_random_state(state=np.random.RandomState([self.seed, self.epoch, index]))
-        patch = self.cropper({k: item[k] for k in self.keys})
-        out = {k: patch[k].float().contiguous() for k in self.keys}
-        out.update(a_modality=item["a_modality"], b_modality=item["b_modality"])
-        return out
+        return patch_of(self.cropper, self.keys, self.items[index % len(self.items)], [self.seed, self.epoch, index])
+
+
+def patch_of(cropper, keys: Sequence[str], item: dict, seed: Sequence[int]) -> dict:
+    """One training item: ``cropper``'s window of ``item`` (a :func:`load_pair` dictionary) drawn
+    from the random state ``seed``, and the pair's modality names."""
+    cropper.set_random_state(state=np.random.RandomState(list(seed)))
+    patch = cropper({k: item[k] for k in keys})
+    out = {k: patch[k].float().contiguous() for k in keys}
+    out.update(a_modality=item["a_modality"], b_modality=item["b_modality"])
+    return out
 
 
 def _fused_for(folder: Path, pair: SlicePair) -> np.ndarray:

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 from monai.engines import Trainer
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 
 from monai_emma.data.pairs import PairedPatchDataset
 from monai_emma.engines.config import StageConfig, TrainConfig
@@ -161,7 +161,11 @@ def make_loader(
     world_size: int = 1,
 ) -> DataLoader:
     """Shuffled, epoch-seeded loader; with ``world_size > 1`` every rank gets its own shard
-    (:class:`ShardSampler`: at least one full batch per rank)."""
+    (:class:`ShardSampler`: at least one full batch per rank). An iterable dataset (a
+    :class:`~monai_emma.data.streaming.StreamedPatchDataset`) is already this rank's and shuffled:
+    it is batched as it comes, in this process."""
+    if isinstance(dataset, IterableDataset):
+        return DataLoader(dataset, batch_size=batch_size, num_workers=0, drop_last=True, pin_memory=False)
     sampler = ShardSampler(dataset, num_replicas=world_size, rank=rank, seed=seed, min_per_rank=batch_size)
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=True, pin_memory=False

@@ -15,7 +15,16 @@ from typing import Any
 
 import torch
 
-from monai_emma.data.pairs import PairedPatchDataset, SlicePair, find_pairs, split_pairs, split_record, spread_subset
+from monai_emma.data.pairs import (
+    PairDataError,
+    PairedPatchDataset,
+    SlicePair,
+    find_pairs,
+    split_pairs,
+    split_record,
+    spread_subset,
+)
+from monai_emma.data.streaming import SliceStream, StreamedPatchDataset
 from monai_emma.engines.config import TrainConfig
 from monai_emma.engines.finetune import FuserInit, check_stage1, finetune_config, publish_init_sensors
 from monai_emma.engines.stages import FUSER, SENSORS, RunLayout, Stage
@@ -45,9 +54,23 @@ __all__ = [
 logger = logging.getLogger("monai_emma.train")
 
 
-def stage_dataset(pairs: Sequence[SlicePair], cfg: TrainConfig, stage: Stage) -> PairedPatchDataset:
-    """The patch dataset of a stage: ``samples_per_epoch`` patches (at least one per pair) per epoch."""
+def stage_dataset(
+    pairs: Sequence[SlicePair] | SliceStream, cfg: TrainConfig, stage: Stage
+) -> PairedPatchDataset | StreamedPatchDataset:
+    """The patch dataset of a stage: ``samples_per_epoch`` patches (at least one per pair) per epoch;
+    a :class:`~monai_emma.data.streaming.SliceStream` (Ray Data) gives the streamed equivalent."""
     st = stage.settings(cfg)
+    if isinstance(pairs, SliceStream):
+        if stage is SENSORS and cfg.fused_dir is not None:
+            raise PairDataError("fused_dir (stage-1 inputs from fused PNGs) is for PNG roots, not streamed studies")
+        n = st.samples_per_epoch or pairs.slices
+        return StreamedPatchDataset(
+            pairs,
+            st.patch_size,
+            patches_per_slice=-(-n // max(1, pairs.slices)),
+            seed=cfg.seed + (0 if stage is SENSORS else 1),
+            min_items=st.batch_size,
+        )
     n = st.samples_per_epoch or len(pairs)
     per_image = max(1, -(-n // len(pairs)))
     return PairedPatchDataset(
@@ -59,8 +82,10 @@ def stage_dataset(pairs: Sequence[SlicePair], cfg: TrainConfig, stage: Stage) ->
     )
 
 
-def modalities_of(pairs: Sequence[SlicePair]) -> list[str]:
-    """The modality names of a set of pairs (one pseudo-sensor each)."""
+def modalities_of(pairs: Sequence[SlicePair] | SliceStream) -> list[str]:
+    """The modality names of a set of pairs or a stream (one pseudo-sensor each)."""
+    if isinstance(pairs, SliceStream):
+        return sorted(pairs.modalities)
     return sorted({p.a_modality for p in pairs} | {p.b_modality for p in pairs})
 
 

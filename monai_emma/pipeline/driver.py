@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -21,6 +22,8 @@ from monai_emma.registry import experiment_id, find_or_create_run, log_and_regis
 __all__ = [
     "PipelineOptions",
     "PipelineResult",
+    "StreamedStudies",
+    "streamed_studies",
     "run_pipeline",
     "local_defaults",
     "write_run_folder",
@@ -36,7 +39,13 @@ logger = logging.getLogger("monai_emma.pipeline")
 class PipelineOptions:
     """What ``pipelines/train.py`` accepts (same names as its flags)."""
 
-    data: str | list[str]  # one data root or several
+    data: str | list[str] | None = None  # one PNG data root or several (or ``datalist``)
+    #: a MONAI datalist of volume studies, streamed to the workers by Ray Data (instead of ``data``)
+    datalist: str | None = None
+    #: where preprocessed studies are cached (a folder every node sees; default <run_root>/cache)
+    cache_dir: str | None = None
+    #: how studies are preprocessed: :meth:`monai_emma.studies.StudyOptions.to_dict`
+    study_options: dict[str, Any] = field(default_factory=dict)
     num_workers: int = 2
     use_gpu: bool = False
     resources_per_worker: dict[str, float] | None = None
@@ -100,6 +109,51 @@ class PipelineOptions:
         return cfg
 
 
+@dataclass(frozen=True)
+class StreamedStudies:
+    """A datalist's studies as the pipeline streams them (see :mod:`monai_emma.pipeline.data`)."""
+
+    datalist: str
+    train: list  # Study
+    val: list
+    validation_list: bool
+    slices: int  # axial slices of the training studies (from the headers; sets patches per slice)
+    options: dict[str, Any]
+    cache_dir: str
+
+    @property
+    def modalities(self) -> list[str]:
+        return sorted({m for s in self.train for m in (s.a_modality, s.b_modality)})
+
+    def split_record(self) -> dict:
+        from monai_emma.data.datalist import study_split_record
+
+        record = study_split_record(self.datalist, self.train, self.val, self.validation_list)
+        return {**record, "options": self.options, "streamed": "Ray Data (slices counted where preprocessed)"}
+
+
+def streamed_studies(opts: PipelineOptions, cfg) -> StreamedStudies:
+    """``opts.datalist`` split by study and checked from the headers (nothing preprocessed).
+
+    Raises:
+        DatalistError: one line naming the entry and the file.
+    """
+    from monai_emma.studies import Datalist, StudyOptions, axial_slices
+
+    datalist = Datalist(opts.datalist, StudyOptions.from_dict(opts.study_options))
+    train, val, has_list = datalist.study_split(cfg.val_fraction, cfg.seed)
+    cache = opts.cache_dir or str(Path(opts.run_root) / "cache")
+    return StreamedStudies(
+        str(Path(opts.datalist).resolve()),
+        train,
+        val,
+        has_list,
+        axial_slices(train),
+        datalist.resolved_options().to_dict(),
+        cache if "://" in cache else str(Path(cache).resolve()),
+    )
+
+
 @dataclass
 class PipelineResult:
     """Where everything went."""
@@ -121,7 +175,10 @@ def local_defaults(run_root: str | os.PathLike) -> tuple[str, str, str]:
     return str(root / "ray"), f"sqlite:///{root / 'mlflow.db'}", (root / "mlartifacts").as_uri()
 
 
-def _init_ray(address: str | None) -> None:
+def _init_ray(address: str | None, reserved_cpus: float = 0.0) -> None:
+    """Connect to ``address`` (or ``RAY_ADDRESS``), else start the embedded local runtime with at
+    least ``reserved_cpus`` + 1 logical CPUs: Ray Data's preprocessing tasks need a CPU that the
+    Train workers have not reserved, or they never run."""
     import ray
 
     if ray.is_initialized():
@@ -130,7 +187,8 @@ def _init_ray(address: str | None) -> None:
         ray.init(address=address or os.environ["RAY_ADDRESS"])
         return
     # embedded default: a local runtime on loopback, no dashboard
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1")
+    cpus = max(os.cpu_count() or 1, math.ceil(reserved_cpus) + 1 if reserved_cpus else 0)
+    ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1")
 
 
 def run_pipeline(opts: PipelineOptions) -> PipelineResult:
@@ -155,11 +213,15 @@ def run_pipeline(opts: PipelineOptions) -> PipelineResult:
         from monai_emma.data.pairs import find_pairs, split_pairs
 
         cfg = opts.train_config()
+        if bool(opts.data) == bool(opts.datalist):
+            raise ValueError("give the data as PNG roots (data) or a datalist of studies (datalist), one of them")
         # fail early, with a clear message, before anything starts: missing data, or a split that
-        # leaves a pair type without training pairs
-        pairs = find_pairs(opts.data)
-        split_pairs(pairs, cfg.val_fraction, cfg.seed)
-        init = _resolve_init(opts, pairs)
+        # leaves a pair type without training pairs (a datalist: every entry checked from headers)
+        streamed = streamed_studies(opts, cfg) if opts.datalist else None
+        if streamed is None:
+            pairs = find_pairs(opts.data)
+            split_pairs(pairs, cfg.val_fraction, cfg.seed)
+        init = _resolve_init(opts, streamed.train if streamed is not None else pairs)
         cfg = finetune_config(cfg, init)
     storage_default, uri_default, artifacts_default = local_defaults(opts.run_root)
     storage = opts.storage_path or storage_default
@@ -169,7 +231,7 @@ def run_pipeline(opts: PipelineOptions) -> PipelineResult:
     tracking_uri = opts.tracking_uri or uri_default
     Path(opts.run_root).mkdir(parents=True, exist_ok=True)
     with scoped_tracking_uri(tracking_uri):  # the process-wide MLflow URI is restored afterwards
-        return _run_stages(opts, cfg, storage, tracking_uri, artifacts_default, timer, t0, init)
+        return _run_stages(opts, cfg, storage, tracking_uri, artifacts_default, timer, t0, init, streamed)
 
 
 def _resolve_init(opts: PipelineOptions, pairs):
@@ -185,13 +247,24 @@ def _resolve_init(opts: PipelineOptions, pairs):
 
 
 def _run_stages(
-    opts: PipelineOptions, cfg, storage: str, tracking_uri: str, artifacts_default: str, timer, t0, init=None
+    opts: PipelineOptions,
+    cfg,
+    storage: str,
+    tracking_uri: str,
+    artifacts_default: str,
+    timer,
+    t0,
+    init=None,
+    streamed: StreamedStudies | None = None,
 ):
     import mlflow
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from monai_emma.data.pairs import data_roots
+    from monai_emma.pipeline.data import TRAIN
+
+    data_label = streamed.datalist if streamed is not None else ", ".join(data_roots(opts.data))
 
     with timer.phase("mlflow_setup"):
         client = mlflow.MlflowClient(tracking_uri)
@@ -199,7 +272,7 @@ def _run_stages(
         parent_id = find_or_create_run(client, exp_id, {"emma.pipeline": opts.name, "emma.role": "parent"}, opts.name)
         params = client.get_run(parent_id).data.params
         if "data" not in params:
-            client.log_param(parent_id, "data", ", ".join(data_roots(opts.data)))
+            client.log_param(parent_id, "data", data_label)
             client.log_param(parent_id, "recipe", cfg.recipe)
             for key, value in _init_params(cfg).items():  # fine-tuning: given, resolved, hashes
                 client.log_param(parent_id, key, value)
@@ -207,7 +280,16 @@ def _run_stages(
             was = f"--init {params['init']}" if params.get("init") else "no --init"
             raise ValueError(f"pipeline run {opts.name!r} was started with {was}: resume it so, or use another --name")
     with timer.phase("ray_init"):
-        _init_ray(opts.address)
+        per_worker = (opts.resources_per_worker or {}).get("CPU", 1.0)
+        _init_ray(opts.address, opts.num_workers * per_worker if streamed is not None else 0.0)
+    datasets: dict[str, Any] = {}
+    if streamed is not None:
+        import ray.data
+
+        from monai_emma.pipeline.data import pipeline_datasets
+
+        ray.data.DataContext.get_current().enable_progress_bars = False  # the workers' logs stay readable
+        datasets = pipeline_datasets(streamed.train, streamed.val, streamed.options, streamed.cache_dir, cfg.val_slices)
 
     checkpoints: dict[str, str] = {}
     per_stage: dict[str, dict[str, float]] = {}
@@ -231,7 +313,16 @@ def _run_stages(
             )
         loop_config = {
             "stage": stage.name,
-            "data": [r if "://" in r else str(Path(r).resolve()) for r in data_roots(opts.data)],
+            "data": [r if "://" in r else str(Path(r).resolve()) for r in data_roots(opts.data)] if opts.data else [],
+            # a datalist: the slices come as Ray Data shards ("train", "validation")
+            "streamed": None
+            if streamed is None
+            else {
+                "datalist": streamed.datalist,
+                "modalities": streamed.modalities,
+                "slices": streamed.slices,
+                "validation": bool(streamed.val),
+            },
             "train_config": cfg.to_dict(),
             "tracking_uri": tracking_uri,
             "mlflow_run_id": child_id,
@@ -253,6 +344,8 @@ def _run_stages(
                 failure_config=FailureConfig(max_failures=opts.max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
             ),
+            datasets=datasets or None,
+            dataset_config=DataConfig(datasets_to_split=[TRAIN]) if datasets else None,
         )
         fit_started = time.time()
         result = trainer.fit()
@@ -278,7 +371,13 @@ def _run_stages(
             client.set_tag(parent_id, "emma.model_uri", model_uri)
     with timer.phase("run_folder"):
         folder = write_run_folder(
-            opts.run_root, opts.name, opts.data, cfg, checkpoints, init.sensors if init is not None else None
+            opts.run_root,
+            opts.name,
+            opts.data or streamed.datalist,
+            cfg,
+            checkpoints,
+            init.sensors if init is not None else None,
+            split=streamed.split_record() if streamed is not None else None,
         )
     timings = {"driver": timer.as_dict(), "stages": per_stage, "total": round(time.perf_counter() - t0, 3)}
     (folder / "timings.json").write_text(json.dumps(timings, indent=1))
@@ -419,16 +518,21 @@ def write_run_folder(
     cfg,
     checkpoints: dict[str, str],
     sensors=None,
+    split: dict | None = None,
 ) -> Path:
     """Mirror a finished pipeline run as ``<run_root>/<name>/`` in the layout of ``monai-emma
     train`` (:class:`~monai_emma.engines.stages.RunLayout`), so the same tools (e.g.
     ``scripts/ship_weights.py``, ``--init``) work on both. ``sensors`` (a fine-tuning run's,
-    which has no stage-1 checkpoint) become its stage-1 sensors file."""
+    which has no stage-1 checkpoint) become its stage-1 sensors file. ``split``: the run's
+    ``split.json`` when given (a datalist's studies), else the split of the PNG roots ``data``."""
     from monai_emma.data.pairs import find_pairs, split_pairs
 
     layout = RunLayout(Path(run_root) / name)
-    train, val = split_pairs(find_pairs(data), cfg.val_fraction, cfg.seed)
-    layout.write_record(cfg, data, train, val)
+    if split is not None:
+        layout.write_record(cfg, data, [], [], split=split)
+    else:
+        train, val = split_pairs(find_pairs(data), cfg.val_fraction, cfg.seed)
+        layout.write_record(cfg, data, train, val)
     for stage in STAGES:
         if stage.name in checkpoints:
             with ray_checkpoint_dir(checkpoints[stage.name]) as d:

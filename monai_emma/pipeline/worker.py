@@ -138,6 +138,28 @@ def _fused_preview(fuser: torch.nn.Module, val_pairs, device: torch.device, path
     return save_montage(rows, path, titles=["anatomical", "other", "EMMA fused"])
 
 
+def _streamed_slices(streamed: dict[str, Any], rank: int):
+    """This worker's training slices as a :class:`~monai_emma.data.streaming.SliceStream` over its
+    Ray Data shard, and the validation slices (every worker gets them all, ordered by id so that
+    the ranks agree on their shares)."""
+    import ray.train
+
+    from monai_emma.data.streaming import SliceStream
+    from monai_emma.pipeline.data import TRAIN, VALIDATION
+    from monai_emma.studies import slice_of_row
+
+    shard = ray.train.get_dataset_shard(TRAIN)
+
+    def rows():
+        return (slice_of_row(row) for row in shard.iter_rows())
+
+    stream = SliceStream(rows, streamed["modalities"], int(streamed["slices"]), rank=rank, where=streamed["datalist"])
+    val = []
+    if streamed.get("validation"):
+        val = sorted((slice_of_row(r) for r in ray.train.get_dataset_shard(VALIDATION).iter_rows()), key=lambda s: s.id)
+    return stream, val
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """One Ray Train worker of one stage: the package's engine under DDP, reporting every epoch."""
     started_at = time.time()
@@ -160,7 +182,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     out_dir = Path(tempfile.mkdtemp(prefix=f"emma-{stage.name}-rank{rank}-"))
     try:
         with timer.phase("setup"):
-            train_pairs, val_pairs = split_pairs(find_pairs(config["data"]), cfg.val_fraction, cfg.seed)
+            if config.get("streamed"):  # a datalist: Ray Data shards
+                train_pairs, val_pairs = _streamed_slices(config["streamed"], rank)
+            else:
+                train_pairs, val_pairs = split_pairs(find_pairs(config["data"]), cfg.val_fraction, cfg.seed)
             start = _restore(out_dir)
         if config.get("attempts_file"):  # one line per rank and attempt: where it ran and resumed from
             import ray
