@@ -25,7 +25,7 @@ class BuildWithBundleModels(build_py):
 
 TRACKING = ["mlflow>=3.0", "psutil>=5.9"]  # psutil: MLflow system metrics
 # ray[default]: the dashboard and job server behind `ray start --head` and `ray job submit`
-DISTRIBUTED = ["ray[default,train]>=2.40"]
+DISTRIBUTED = ["ray[default,train,data]>=2.40"]
 # rigid/affine registration of separate studies before fusion (--register)
 REGISTRATION = ["SimpleITK>=2.3"]
 # ONNX export of the U-Fuser, and ONNX Runtime to run or check it

@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -56,9 +57,13 @@ class SliceStream:
 
 
 class StreamedPatchDataset(IterableDataset):
-    """``patches_per_slice`` random foreground-aware patches of every slice of a
-    :class:`SliceStream` pass, shuffled within ``stream.shuffle_buffer`` patches.
+    """Random foreground-aware patches of the slices of a :class:`SliceStream` pass,
+    ``patches_per_slice`` per slice on average, shuffled within ``stream.shuffle_buffer`` patches.
 
+    The ``i``-th slice of a pass gives ``ceil((i + 1) r) - ceil(i r)`` patches for a rate ``r``:
+    a rate below one uses every other slice, every third... (the first always), and a pass of
+    ``n`` slices gives ``ceil(n r)`` patches, the same on every rank (the ranks receive as many
+    slices).
     Items are those of :class:`~monai_emma.data.pairs.PairedPatchDataset`; the window of the
     ``k``-th patch of the ``i``-th slice of a pass depends only on ``(seed, epoch, rank, i, k)``.
     A pass that yields fewer than ``min_items`` patches is repeated up to ``min_items`` (one full
@@ -67,7 +72,7 @@ class StreamedPatchDataset(IterableDataset):
     Args:
         stream: the slices.
         patch_size: patch height and width.
-        patches_per_slice: items per slice and pass.
+        patches_per_slice: items per slice and pass, on average (a rate: 0.5 is one every other slice).
         seed: base seed.
         min_items: the fewest items a pass yields.
         background_prob: probability of a window not centred on foreground.
@@ -77,7 +82,7 @@ class StreamedPatchDataset(IterableDataset):
         self,
         stream: SliceStream,
         patch_size: int | Sequence[int] = 64,
-        patches_per_slice: int = 1,
+        patches_per_slice: float = 1.0,
         seed: int = 0,
         min_items: int = 1,
         background_prob: float = 0.1,
@@ -87,7 +92,9 @@ class StreamedPatchDataset(IterableDataset):
         size = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
         self.stream = stream
         self.keys = ["a", "b"]
-        self.patches_per_slice = max(1, int(patches_per_slice))
+        if not patches_per_slice > 0:
+            raise ValueError(f"patches_per_slice must be positive, got {patches_per_slice}")
+        self.patches_per_slice = float(patches_per_slice)
         self.seed, self.epoch, self.min_items = int(seed), 0, int(min_items)
         self.buffer_size = max(int(stream.shuffle_buffer), self.min_items, 1)
         self.cropper = RandForegroundPatchd(self.keys, size, background_prob=background_prob)
@@ -107,21 +114,22 @@ class StreamedPatchDataset(IterableDataset):
         for i, s in enumerate(self.stream.rows()):
             self.slices_seen += 1
             self.studies_seen.add(getattr(s, "study", s.id))
-            item = load_pair(s)
-            for k in range(self.patches_per_slice):
+            count = math.ceil((i + 1) * self.patches_per_slice) - math.ceil(i * self.patches_per_slice)
+            item = load_pair(s) if count else None
+            for k in range(count):
                 buffer.append(patch_of(self.cropper, self.keys, item, [self.seed, epoch, rank, i, k]))
                 if len(buffer) >= self.buffer_size:
                     j = int(rng.integers(len(buffer)))
                     buffer[j], buffer[-1] = buffer[-1], buffer[j]
                     yielded += 1
                     yield buffer.pop()
-        if yielded == 0 and not buffer:
+        if self.slices_seen == 0:
             raise PairDataError(f"{self.stream.where}: rank {rank} received no slices to train on")
         order = rng.permutation(len(buffer))
         for j in order:
             yielded += 1
             yield buffer[j]
         # too few for one batch: repeat the pass's last patches (every rank alike, as DDP needs)
-        while yielded < self.min_items:
+        while yielded < self.min_items and order.size:
             yield buffer[order[yielded % len(order)]]
             yielded += 1

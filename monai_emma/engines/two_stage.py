@@ -67,7 +67,7 @@ def stage_dataset(
         return StreamedPatchDataset(
             pairs,
             st.patch_size,
-            patches_per_slice=-(-n // max(1, pairs.slices)),
+            patches_per_slice=n / max(1, pairs.slices),
             seed=cfg.seed + (0 if stage is SENSORS else 1),
             min_items=st.batch_size,
         )

@@ -64,6 +64,17 @@ def test_ranks_draw_different_patches_from_the_same_slices():
     assert not torch.equal(r0, r1)
 
 
+def test_a_rate_below_one_spreads_the_patches_over_the_slices():
+    slices = _slices(10)
+    ds = StreamedPatchDataset(_stream(slices, shuffle_buffer=1), 16, patches_per_slice=0.3)
+    items = list(ds)
+    assert len(items) == 3 and ds.slices_seen == 10  # ceil(10 x 0.3), every slice still read
+    one = StreamedPatchDataset(_stream(slices[:2]), 16, patches_per_slice=0.01, min_items=4)
+    assert len(list(one)) == 4  # the first slice's patch, repeated to one batch
+    with pytest.raises(ValueError, match="positive"):
+        StreamedPatchDataset(_stream(slices), 16, patches_per_slice=0)
+
+
 def test_a_pass_shorter_than_a_batch_is_repeated_to_one_batch():
     ds = StreamedPatchDataset(_stream(_slices(2)), 16, patches_per_slice=1, min_items=5)
     assert len(list(ds)) == 5
@@ -85,7 +96,8 @@ def test_the_engine_takes_a_stream_where_it_takes_pairs():
     sensors = stage_dataset(stream, cfg, SENSORS)
     fuser = stage_dataset(stream, cfg, FUSER)
     assert isinstance(sensors, StreamedPatchDataset) and sensors.patches_per_slice == 5
-    assert fuser.patches_per_slice == 3 and fuser.seed == sensors.seed + 1
+    assert fuser.patches_per_slice == 2.4 and fuser.seed == sensors.seed + 1
+    assert len(list(fuser)) == 12  # samples_per_epoch patches from the stream's 5 slices
     assert sensors.min_items == SENSORS.settings(cfg).batch_size
     loader = make_loader(sensors, batch_size=4, seed=0, rank=1, world_size=2)  # already this rank's shard
     assert sum(b["a"].shape[0] for b in loader) == 24  # 25 patches, whole batches only
