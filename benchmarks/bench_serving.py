@@ -5,7 +5,8 @@ mixed in after every fifth.
     python benchmarks/bench_serving.py --workers 1 2 4 --clients 8 --requests 25 --size 256 --json serving.json
 
 Registers the shipped U-Fuser in a temporary SQLite registry (``monai-emma register``), starts
-the server on 127.0.0.1 for each worker count (one OpenMP thread per worker), and runs
+the server on 127.0.0.1 for each worker count (threads per worker: the usable CPUs shared between
+the workers, or --threads-per-worker), and runs
 :func:`monai_emma.serving.load_test`: every answer is compared with in-process fusion (1e-4),
 every malformed request must get HTTP 400. Prints p50/p95 latency and throughput per worker count.
 Run it alone on the machine: client and server share the cores.
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--requests", type=int, default=25, help="per client")
     p.add_argument("--size", type=int, default=256)
-    p.add_argument("--threads-per-worker", type=int, default=1)
+    p.add_argument("--threads-per-worker", type=int, help="default: the usable CPUs shared between the workers")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
 

@@ -9,6 +9,7 @@ import torch
 from monai.inferers import SliceInferer
 
 from monai_emma.precision import INFERENCE_PRECISIONS, autocast, check_precision
+from monai_emma.threads import apply_thread_policy, current_policy, refresh_threads
 
 __all__ = ["FusionInferer"]
 
@@ -68,7 +69,14 @@ class FusionInferer(SliceInferer):
             raise ValueError(f"expected a (B, 2, H, W, D) volume, got shape {tuple(inputs.shape)}")
         device = torch.device(self.sw_device) if self.sw_device is not None else inputs.device
         use_amp = self.amp and device.type == "cuda"
+        if device.type == "cpu" and current_policy() is None:
+            apply_thread_policy()  # a library call: explicit settings (torch.set_num_threads, env) still win
+
+        def batch(x: torch.Tensor, *a: Any, **k: Any) -> torch.Tensor:
+            refresh_threads()  # follow the machine's load between batches of slices
+            return network(x, *a, **k)
+
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
             with autocast(self.precision, device):
-                out = super().__call__(inputs, network, *args, **kwargs)
+                out = super().__call__(inputs, batch, *args, **kwargs)
         return out.float() if isinstance(out, torch.Tensor) else out

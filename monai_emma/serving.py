@@ -196,12 +196,16 @@ def mlflow_server(
     workers: int = 1,
     port: int | None = None,
     log: str | os.PathLike | None = None,
-    threads_per_worker: int = 1,
+    threads_per_worker: int | None = None,
     startup_timeout: float = 240.0,
 ) -> Iterator[str]:
     """Run ``mlflow models serve`` for ``model_uri`` on 127.0.0.1 with ``workers`` worker
     processes (``--env-manager local``, this Python's environment) and yield its URL once
     ``/ping`` answers; the whole process group is stopped on exit.
+
+    Each worker computes with ``threads_per_worker`` threads (default: this process's usable CPUs
+    shared between the workers, at least one: :func:`monai_emma.threads.usable_cpus`), set in
+    its environment whatever this process's shell exported (:func:`monai_emma.threads.worker_env`).
 
     Raises:
         ServingError: the server exited or did not answer within ``startup_timeout`` (with the
@@ -219,8 +223,10 @@ def mlflow_server(
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
     log_path = Path(log) if log else Path(tempfile.mkstemp(prefix="mlflow-serve-", suffix=".log")[1])
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    env.update(OMP_NUM_THREADS=str(threads_per_worker), MKL_NUM_THREADS=str(threads_per_worker))
+    from monai_emma.threads import usable_cpus, worker_env
+
+    threads = threads_per_worker or max(1, usable_cpus() // max(1, workers))
+    env = worker_env(threads, {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_DISABLE_TELEMETRY": "true"})
     # the server starts uvicorn from the environment's bin/: put it on PATH (an activated venv has it)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local"]

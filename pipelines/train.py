@@ -41,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=2, help="Ray Train workers (DDP ranks), default 2")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
     p.add_argument("--resources-per-worker", type=json.loads, help='JSON, e.g. \'{"CPU": 4, "GPU": 1}\'')
+    p.add_argument(
+        "--threads-per-worker",
+        type=int,
+        help="CPU threads of each worker (default: its CPU allocation; the driver's OMP_NUM_THREADS is not inherited)",
+    )
     p.add_argument("--storage-path", help="Ray storage: local path or shared URI (default: emma-runs/ray)")
     p.add_argument("--name", default="emma", help="run name; the same name resumes (default: emma)")
     p.add_argument("--max-failures", type=int, default=1, help="worker-group restarts per stage (default 1)")
@@ -95,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         num_workers=args.num_workers,
         use_gpu=args.use_gpu,
         resources_per_worker=args.resources_per_worker,
+        threads_per_worker=args.threads_per_worker,
         storage_path=args.storage_path,
         name=args.name,
         max_failures=args.max_failures,

@@ -19,6 +19,7 @@ LAYERS = [
         "monai_emma.precision",
         "monai_emma.io.atomic",
         "monai_emma.io.remote",
+        "monai_emma.threads",
     ),
     ("monai_emma.networks",),
     ("monai_emma.transforms", "monai_emma.losses", "monai_emma.metrics", "monai_emma.baselines"),

@@ -310,6 +310,8 @@ def _slice_log(path):
                 "studies": sorted(ds.studies_seen),
                 "iterations": engine.state.iteration,
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "threads": __import__("torch").get_num_threads(),
+                "policy": __import__("monai_emma.threads").threads.current_policy().source,
             }
             with open(path, "a") as f:
                 f.write(json.dumps(line) + "\n")
@@ -369,6 +371,7 @@ def test_a_datalist_streams_through_ray_data_to_two_workers(ray_env, study_root,
         a, b = (x["slices"] for x in stage)
         assert a == b > 0 and expected - 1 <= a + b <= expected  # equal shares, at most one left over
         assert stage[0]["iterations"] == stage[1]["iterations"] > 0  # the ranks stepped together
+        assert all(x["threads"] == 1 and x["policy"] == "worker allocation" for x in stage)  # 1 CPU each
     # the Ray Data tasks preprocessed each study once per pass into the cache
     cached = sorted(p.name.split("-")[0] for p in (tmp_path / "runs" / "cache").glob("*.npy"))
     assert cached == ["MRI_CT_dicom", "MRI_CT_remote"]

@@ -318,13 +318,8 @@ def test_shared_nifti_and_phantom_dicom_studies_train_together(studies_root, tmp
 def test_fine_tuning_v3_on_nifti_and_dicom_studies_keeps_validation_vif(studies_root, tmp_path):
     """``--init v3`` (no stage 1) on shared NIfTI studies plus the phantom's DICOM study, v3's own
     loss and last learning rate: validation VIF within 3 % of v3's on the same slices."""
-    import torch
-
-    from monai_emma.engines import recipe
-    from monai_emma.engines.finetune import resolve_init
-    from monai_emma.engines.stages import FUSER
-    from monai_emma.engines.two_stage import run_training, stage_network, stage_validator
     from monai_emma.studies import Datalist
+    from tests.engines.test_finetune import V3_FINETUNE, assert_one_epoch_keeps_vif
 
     volumes = SHARED_DATA / "volumes"
     if not volumes.is_dir():
@@ -337,27 +332,9 @@ def test_fine_tuning_v3_on_nifti_and_dicom_studies_keeps_validation_vif(studies_
     training = [entry("MRI_CT", "case21"), entry("MRI_SPECT", "case9"), {"mri": "dicom/mri", "pet": "dicom/pet"}]
     validation = [entry("MRI_CT", "case2"), entry("MRI_SPECT", "case21")]
     path = _datalist(studies_root, training, validation, name="finetune.json", intensity={"ct": {"window": [0, 255]}})
-    cfg = recipe(
-        "cpu",
-        fuser_epochs=1,
-        fuser_samples_per_epoch=40,
-        fuser_lr=6.25e-5,
-        prior_weight=3,
-        prior_gradient_weight=40,
-        prior_gradient_weight_by_modality={"pet": 80, "spect": 80},
-    )
     datalist = Datalist(path, cache_dir=tmp_path / "cache")
-    train, val, _ = datalist.training_split(cfg.val_fraction, cfg.seed)
-    init = resolve_init("v3")
-    start = stage_validator(
-        FUSER, val, cfg, torch.device("cpu"), stage_network(FUSER, train, cfg, init.state), init.sensors
-    )
-    start.run()
-    vif0 = start.state.metrics["VIF"]
-    results = run_training(datalist, tmp_path / "run", cfg, init=init, progress=False)
-    vif1 = results[FUSER.name].history[-1]["val_VIF"]
-    print(f"validation VIF: v3 {vif0:.4f}, after one epoch {vif1:.4f} ({(vif1 - vif0) / vif0:+.2%})")
-    assert abs(vif1 - vif0) <= 0.03 * vif0
+    train, val, _ = datalist.training_split(V3_FINETUNE.val_fraction, V3_FINETUNE.seed)
+    assert_one_epoch_keeps_vif(datalist, train, val, tmp_path / "run")
     assert json.loads((tmp_path / "run" / "split.json").read_text())["train"][-1] == "MRI_PET/dicom"
 
 

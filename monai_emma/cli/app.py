@@ -11,7 +11,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from monai_emma.cli.base import CLIError, Command
+from monai_emma.cli.base import CLIError, Command, positive_int
 from monai_emma.cli.demo import DemoCommand
 from monai_emma.cli.evaluate import EvaluateCommand
 from monai_emma.cli.fuse import FuseCommand, ViewCommand
@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     for cls in COMMANDS:
         p = sub.add_parser(cls.name, help=cls.help, description=cls.description or cls.help)
         cls().add_arguments(p)
+        p.add_argument(
+            "--threads",
+            type=positive_int,
+            help="CPU threads for this command (default: the CPUs free for it, re-checked as it runs; "
+            "OMP_NUM_THREADS when set)",
+        )
         p.set_defaults(command_class=cls)
     return parser
 
@@ -77,6 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         pass
     try:
         command = cls()
+        if cls.computes:
+            from monai_emma.threads import apply_thread_policy
+
+            apply_thread_policy(args.threads)  # --threads, else OMP_NUM_THREADS, else the free CPUs
         command.check(args)
         return command.run(args)
     except (CLIError, MissingExtraError) as err:

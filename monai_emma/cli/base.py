@@ -31,6 +31,9 @@ class Command:
     name: str = ""
     help: str = ""
     description: str | None = None
+    #: whether the command computes with PyTorch (its threads then follow ``--threads`` or
+    #: :mod:`monai_emma.threads`' policy)
+    computes: bool = True
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Declare the command's options."""

@@ -13,6 +13,7 @@ __all__ = ["PhantomCommand"]
 class PhantomCommand(Command):
     name = "phantom"
     help = "write the synthetic head as co-registered MRI/CT/PET/SPECT (NIfTI, DICOM)"
+    computes = False  # numpy only
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("output", help="folder; gets nifti/<modality>.nii.gz and dicom/<modality>/ series")

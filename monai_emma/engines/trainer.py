@@ -31,6 +31,7 @@ from monai_emma.engines.stages import Stage, get_stage
 from monai_emma.engines.timing import PhaseTimer
 from monai_emma.io.atomic import atomic_path
 from monai_emma.precision import check_precision
+from monai_emma.threads import apply_thread_policy, current_policy, refresh_threads
 
 __all__ = [
     "EMMATrainer",
@@ -367,6 +368,11 @@ def build_stage_trainer(
     )
     from ignite.engine import Events
 
+    # the process's threads (the CLI or a Ray worker may have decided them already; the bundle has
+    # not), then followed between steps (monai_emma.threads; fixed under explicit settings)
+    if device.type == "cpu" and current_policy() is None:
+        apply_thread_policy()
+    trainer.add_event_handler(Events.ITERATION_STARTED, lambda _: refresh_threads())
     if timer is not None:
         trainer.timings = timer
     timer = trainer.timings

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from monai_emma.metrics.functional import batch_fusion_metrics
+from monai_emma.threads import refresh_threads
 
 __all__ = ["fusion_metrics", "read_gray", "warm_up"]
 
@@ -77,5 +78,6 @@ def fusion_metrics(
         if t.ndim != 2:
             raise ValueError(f"{name}: expected a 2D grey image, got shape {tuple(t.shape)}")
         arrays.append(t[None])
+    refresh_threads()  # as many threads as CPUs are free now (monai_emma.threads; fixed when set explicitly)
     out = batch_fusion_metrics(*arrays, metrics=metrics, ssim_data_range=ssim_data_range)
     return {k: float(v[0]) for k, v in out.items()}

@@ -65,6 +65,8 @@ class PipelineOptions:
     model_name: str = "emma-ufuser"
     alias: str = "candidate"
     address: str | None = None
+    #: CPU threads of each worker (default: its CPU allocation, ``resources_per_worker["CPU"]`` or 1)
+    threads_per_worker: int | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     #: fine-tuning: stage 2 starts from these U-Fuser weights (a shipped set, a file, a run or bundle
     #: folder, an MLflow model URI in ``tracking_uri``'s registry) against their sensors; no stage 1
@@ -328,6 +330,9 @@ def _run_stages(
             "mlflow_run_id": child_id,
             "sensors_checkpoint": checkpoints.get(SENSORS.name),
             "attempts_file": str(Path(opts.run_root).resolve() / f"{opts.name}-attempts.jsonl"),
+            # each worker's threads: its own allocation, whatever the driver's shell exported
+            "threads": opts.threads_per_worker or max(1, int((opts.resources_per_worker or {}).get("CPU", 1))),
+            "threads_source": "--threads-per-worker" if opts.threads_per_worker else "worker allocation",
             "worker_handlers": opts.worker_handlers,
             # fine-tuning: the weights stage 2 starts from and the sensors it trains against
             "init_state": _init_state(init) if stage is FUSER else None,

@@ -167,6 +167,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    from monai_emma.threads import apply_thread_policy
+
+    # the worker's own CPU allocation (or --threads-per-worker), never the driver's OMP_NUM_THREADS
+    apply_thread_policy(int(config.get("threads") or 1), source=config.get("threads_source", "worker allocation"))
+
     from monai_emma.data.pairs import find_pairs, split_pairs
     from monai_emma.engines import TrainConfig, fuser_trainer, sensor_trainer
     from monai_emma.engines.timing import PhaseTimer
