@@ -329,10 +329,18 @@ def study_root(tmp_path_factory):
     return root
 
 
-def test_a_datalist_streams_through_ray_data_to_two_workers(ray_env, study_root, tmp_path):
+def test_a_datalist_streams_through_ray_data_to_two_workers(ray_env, study_root, tmp_path, caplog):
     """One training study read by URI (fewer studies than workers: Ray Data splits its slices), a
-    DICOM validation study; both stages, 2 workers fed by ``get_dataset_shard``."""
+    DICOM validation study; both stages, 2 workers fed by ``get_dataset_shard``, on a runtime whose
+    2 CPUs the workers hold (the preprocessing tasks must still run)."""
+    import logging
+
     import mlflow
+    import ray
+
+    ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
+    caplog.set_level(logging.WARNING, logger="monai_emma.pipeline")
 
     from monai_emma.data.datalist import load_datalist
     from monai_emma.pipeline import PipelineOptions, run_pipeline
@@ -361,6 +369,7 @@ def test_a_datalist_streams_through_ray_data_to_two_workers(ray_env, study_root,
     )
     result = run_pipeline(opts)
     assert result.model_uri == "models:/emma-ufuser/1" and set(result.stage_checkpoints) == {"sensors", "fuser"}
+    assert "no CPU beside the 2 Train workers'" in caplog.text
 
     expected = len(preprocess_study(load_datalist(datalist)[0])["z"])  # the study's slices with foreground
     lines = [json.loads(x) for x in log.read_text().splitlines()]

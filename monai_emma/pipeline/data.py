@@ -43,7 +43,13 @@ def rows_of_study(row: dict[str, Any], options: dict, cache_dir: str | None, kee
     return study_rows(record, keep)
 
 
-def study_dataset(studies: Sequence[Study], options: dict, cache_dir: str | None = None, keep: int | None = None):
+def study_dataset(
+    studies: Sequence[Study],
+    options: dict,
+    cache_dir: str | None = None,
+    keep: int | None = None,
+    task_cpus: float = 1.0,
+):
     """A Ray Dataset of the slices of ``studies``: one block (one preprocessing task) per study,
     then one row per slice (``image``, ``study``, ``z``, ``depth``).
 
@@ -52,13 +58,18 @@ def study_dataset(studies: Sequence[Study], options: dict, cache_dir: str | None
         options: :meth:`~monai_emma.studies.StudyOptions.to_dict` of the preprocessing options.
         cache_dir: a folder every node sees (or None: preprocess every pass).
         keep: at most this many evenly spaced slices per study (None: all).
+        task_cpus: logical CPUs each preprocessing task reserves; 0 when the Train workers hold
+            every CPU of the cluster (the tasks then run one at a time beside them: Ray Data
+            schedules nothing on CPUs it cannot reserve, and would wait forever).
     """
     import ray.data
 
     items = [{"study": json.dumps(s.to_entry(), sort_keys=True)} for s in studies]
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     kwargs = {"options": options, "cache_dir": str(cache_dir) if cache_dir else None, "keep": keep}
-    return ds.flat_map(rows_of_study, fn_kwargs=kwargs, num_cpus=1)
+    if task_cpus > 0:
+        return ds.flat_map(rows_of_study, fn_kwargs=kwargs, num_cpus=task_cpus)
+    return ds.flat_map(rows_of_study, fn_kwargs=kwargs, num_cpus=0, concurrency=1)
 
 
 def pipeline_datasets(
@@ -66,12 +77,14 @@ def pipeline_datasets(
     val: Sequence[Study],
     options: dict,
     cache_dir: str | None,
-    val_slices: int,
+    val_slices: int | None,
+    task_cpus: float = 1.0,
 ) -> dict[str, Any]:
     """``{"train": ..., "validation": ...}`` for ``TorchTrainer(datasets=...)`` (no validation
-    entry without validation studies); validation keeps about ``val_slices`` slices in all."""
-    out = {TRAIN: study_dataset(train, options, cache_dir)}
+    entry without validation studies); validation keeps about ``val_slices`` slices in all (all
+    when None). ``task_cpus`` as for :func:`study_dataset`."""
+    out = {TRAIN: study_dataset(train, options, cache_dir, task_cpus=task_cpus)}
     if val:
-        per_study = max(1, math.ceil(val_slices / len(val)))
-        out[VALIDATION] = study_dataset(val, options, cache_dir, keep=per_study)
+        per_study = max(1, math.ceil(val_slices / len(val))) if val_slices else None
+        out[VALIDATION] = study_dataset(val, options, cache_dir, keep=per_study, task_cpus=task_cpus)
     return out

@@ -291,7 +291,25 @@ def _run_stages(
         from monai_emma.pipeline.data import pipeline_datasets
 
         ray.data.DataContext.get_current().enable_progress_bars = False  # the workers' logs stay readable
-        datasets = pipeline_datasets(streamed.train, streamed.val, streamed.options, streamed.cache_dir, cfg.val_slices)
+        # Ray Data runs a task only on a CPU the Train workers leave free: with none left (an
+        # existing runtime or cluster sized for the workers alone) the tasks reserve no CPU and run
+        # one at a time beside the workers rather than never
+        spare = ray.cluster_resources().get("CPU", 0.0) - opts.num_workers * per_worker
+        if spare < 1:
+            logger.warning(
+                "Ray Data: no CPU beside the %d Train workers' (%g CPUs in the cluster); studies are "
+                "preprocessed one at a time on the workers' CPUs",
+                opts.num_workers,
+                ray.cluster_resources().get("CPU", 0.0),
+            )
+        datasets = pipeline_datasets(
+            streamed.train,
+            streamed.val,
+            streamed.options,
+            streamed.cache_dir,
+            cfg.val_slices,
+            task_cpus=1.0 if spare >= 1 else 0.0,
+        )
 
     checkpoints: dict[str, str] = {}
     per_stage: dict[str, dict[str, float]] = {}
