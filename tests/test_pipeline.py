@@ -339,7 +339,7 @@ def test_a_datalist_streams_through_ray_data_to_two_workers(ray_env, study_root,
     import ray
 
     ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
     caplog.set_level(logging.WARNING, logger="monai_emma.pipeline")
 
     from monai_emma.data.datalist import load_datalist

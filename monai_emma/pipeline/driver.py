@@ -188,9 +188,10 @@ def _init_ray(address: str | None, reserved_cpus: float = 0.0) -> None:
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address or os.environ["RAY_ADDRESS"])
         return
-    # embedded default: a local runtime on loopback, no dashboard
+    # embedded default: a new local runtime on loopback, no dashboard (address "local": never a
+    # cluster another process left running on this machine)
     cpus = max(os.cpu_count() or 1, math.ceil(reserved_cpus) + 1 if reserved_cpus else 0)
-    ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1")
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1")
 
 
 def run_pipeline(opts: PipelineOptions) -> PipelineResult:
