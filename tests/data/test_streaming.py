@@ -23,14 +23,7 @@ def _slices(n: int, size: int = 40, study: str = "MRI_CT/s") -> list[StudySlice]
 
 
 def _stream(slices, **kwargs) -> SliceStream:
-    calls = []
-
-    def rows():
-        calls.append(1)
-        return iter(slices)
-
-    stream = SliceStream(rows, ["mri", "ct"], slices=len(slices), **kwargs)
-    return stream
+    return SliceStream(lambda: iter(slices), ["mri", "ct"], slices=len(slices), **kwargs)
 
 
 def test_every_slice_gives_its_patches_in_a_bounded_shuffle():
