@@ -53,6 +53,9 @@ class TrainConfig:
     prior_gradient_weight: float = 1.0  # weight of the prior's edge term inside the prior
     # per modality of the second source, e.g. {"pet": 80, "spect": 80}; others keep the above (not in the paper)
     prior_gradient_weight_by_modality: dict[str, float] = field(default_factory=dict)
+    prior_ssim_weight: float = 0.0  # weight of the prior's structure term, 2 - SSIM(f, a) - SSIM(f, b)
+    prior_ssim_weight_by_modality: dict[str, float] = field(default_factory=dict)  # e.g. {"ct": 1}
+    prior_ssim_data_range: float = 1.0  # SSIM's K1/K2 constants scale with it; 2 / 255: the metric's
     shifts: int = 3
     rotations: int = 3
     reflections: int = 3

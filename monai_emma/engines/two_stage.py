@@ -49,6 +49,7 @@ __all__ = [
     "run_training",
     "training_split",
     "modalities_of",
+    "stage2_loss",
 ]
 
 logger = logging.getLogger("monai_emma.train")
@@ -122,6 +123,20 @@ def stage_validator(
     return fuser_validator(slices, sensors, device, lambda: network)
 
 
+def stage2_loss(cfg: TrainConfig) -> EMMALoss:
+    """The stage-2 objective of ``cfg``: EMMA's loss with its equivariance weight and the optional
+    max-fidelity prior (intensity, edge and structure terms, per-modality weights included)."""
+    return EMMALoss(
+        alpha=cfg.alpha,
+        prior_weight=cfg.prior_weight,
+        prior_gradient_weight=cfg.prior_gradient_weight,
+        prior_gradient_weight_by_modality=cfg.prior_gradient_weight_by_modality,
+        prior_ssim_weight=cfg.prior_ssim_weight,
+        prior_ssim_weight_by_modality=cfg.prior_ssim_weight_by_modality,
+        prior_ssim_data_range=cfg.prior_ssim_data_range,
+    )
+
+
 def _distributed(network: torch.nn.Module, device: torch.device, find_unused: bool, trainer_kwargs: dict) -> Any:
     """Wrap for data-parallel training when ``distributed`` was asked, and fill in the trainer's
     ``rank``/``world_size`` from the process group. ``distributed`` is ``True`` (plain
@@ -173,12 +188,7 @@ def stage_trainer_for(
             raise ValueError("stage 2 needs the frozen pseudo-sensors")
         sensors = sensors.to(device).freeze()
         group = TransformGroup(cfg.shifts, cfg.rotations, cfg.reflections)
-        loss = EMMALoss(
-            alpha=cfg.alpha,
-            prior_weight=cfg.prior_weight,
-            prior_gradient_weight=cfg.prior_gradient_weight,
-            prior_gradient_weight_by_modality=cfg.prior_gradient_weight_by_modality,
-        )
+        loss = stage2_loss(cfg)
         step = FuserStep(sensors, loss, group, cfg.seed)
         export = lambda net: net.state_dict()  # noqa: E731
     wrapped = _distributed(network, device, stage is SENSORS, trainer_kwargs)

@@ -13,6 +13,19 @@ from monai_emma.losses.prior import MaxFidelityPrior
 __all__ = ["EMMALoss"]
 
 
+def _lower(weights: Mapping[str, float] | None) -> dict[str, float]:
+    return {k.lower(): float(v) for k, v in (weights or {}).items()}
+
+
+def _per_sample(
+    by_modality: Mapping[str, float], default: float, modalities: Sequence[str] | None, like: torch.Tensor
+) -> torch.Tensor | None:
+    """One weight per sample from its second modality, or None (the prior's own weight for all)."""
+    if not by_modality or modalities is None:
+        return None
+    return torch.tensor([by_modality.get(m.lower(), default) for m in modalities], device=like.device)
+
+
 class EMMALoss(_Loss):
     """``ℓ(A_a(f), a) + ℓ(A_b(f), b) + alpha * ℓ(f_t, F(A_a(f_t), A_b(f_t))) [+ beta * prior(f; a, b)]``.
 
@@ -30,6 +43,11 @@ class EMMALoss(_Loss):
             source (``{"pet": 80, "spect": 80}``), sample by sample; other modalities keep
             ``prior_gradient_weight``. Not in the paper; used only with a prior and with the
             modalities passed to :meth:`components`.
+        prior_ssim_weight: the prior's structure-term weight (its ``ssim_weight``; 0: no term).
+        prior_ssim_weight_by_modality: optional structure-term weight per modality of the second
+            source (``{"ct": 1}``), like ``prior_gradient_weight_by_modality``. Not in the paper.
+        prior_ssim_data_range: the intensity range the structure term's SSIM constants assume (its
+            ``ssim_data_range``); 2 / 255 matches the fusion SSIM metric's constants on 8-bit images.
 
     Shapes:
         ``sensed_a``, ``a``, ``sensed_b``, ``b``: (B, 1, H, W); ``transformed`` and ``refused``:
@@ -45,15 +63,17 @@ class EMMALoss(_Loss):
         prior_weight: float = 0.0,
         prior_gradient_weight: float = 1.0,
         prior_gradient_weight_by_modality: Mapping[str, float] | None = None,
+        prior_ssim_weight: float = 0.0,
+        prior_ssim_weight_by_modality: Mapping[str, float] | None = None,
+        prior_ssim_data_range: float = 1.0,
     ) -> None:
         super().__init__()
         self.alpha = alpha
         self.prior_weight = prior_weight
         self.fusion_loss = FusionLoss(intensity_weight, gradient_weight)
-        self.prior = MaxFidelityPrior(prior_gradient_weight)
-        self.prior_gradient_weight_by_modality = {
-            k.lower(): float(v) for k, v in (prior_gradient_weight_by_modality or {}).items()
-        }
+        self.prior = MaxFidelityPrior(prior_gradient_weight, prior_ssim_weight, prior_ssim_data_range)
+        self.prior_gradient_weight_by_modality = _lower(prior_gradient_weight_by_modality)
+        self.prior_ssim_weight_by_modality = _lower(prior_ssim_weight_by_modality)
 
     def components(
         self,
@@ -68,7 +88,7 @@ class EMMALoss(_Loss):
     ) -> dict[str, torch.Tensor]:
         """The terms and their weighted total, as a dict (``sense_a``, ``sense_b``,
         ``equivariance``, ``total``, and ``prior`` when ``prior_weight`` is set). ``modalities_b``
-        names each sample's second modality (for ``prior_gradient_weight_by_modality``)."""
+        names each sample's second modality (for the ``..._by_modality`` weights)."""
         out = {"sense_a": self.fusion_loss(sensed_a, a), "sense_b": self.fusion_loss(sensed_b, b)}
         if self.alpha and transformed is not None and refused is not None:
             out["equivariance"] = self.fusion_loss(refused, transformed)
@@ -78,11 +98,9 @@ class EMMALoss(_Loss):
         if self.prior_weight:
             if fused is None:
                 raise ValueError("EMMALoss with a prior needs the fused image.")
-            weights = None
-            if self.prior_gradient_weight_by_modality and modalities_b is not None:
-                by_mod, default = self.prior_gradient_weight_by_modality, self.prior.gradient_weight
-                weights = torch.tensor([by_mod.get(m.lower(), default) for m in modalities_b], device=fused.device)
-            out["prior"] = self.prior(fused, a, b, weights)
+            edge = _per_sample(self.prior_gradient_weight_by_modality, self.prior.gradient_weight, modalities_b, fused)
+            structure = _per_sample(self.prior_ssim_weight_by_modality, self.prior.ssim_weight, modalities_b, fused)
+            out["prior"] = self.prior(fused, a, b, edge, structure)
             out["total"] = out["total"] + self.prior_weight * out["prior"]
         return out
 

@@ -1,5 +1,5 @@
-"""An optional fidelity prior for the fused image: the brighter source's intensity and the
-stronger source's edges."""
+"""An optional fidelity prior for the fused image: the brighter source's intensity, the stronger
+source's edges and, optionally, each source's local structure (SSIM)."""
 
 from __future__ import annotations
 
@@ -9,19 +9,42 @@ from torch.nn.modules.loss import _Loss
 
 from monai_emma.losses.fusion import sobel_gradients
 
-__all__ = ["MaxFidelityPrior"]
+__all__ = ["MaxFidelityPrior", "ssim_map"]
+
+
+def ssim_map(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, window: int = 7) -> torch.Tensor:
+    """Differentiable SSIM map of two (B, C, H, W) images: ``window``-pixel uniform windows, K1 0.01,
+    K2 0.03 and the sample covariance (scikit-image's defaults, as the SSIM metric of
+    :mod:`monai_emma.metrics`), valid positions only: (B, C, H - window + 1, W - window + 1)."""
+    if x.shape != y.shape:
+        raise ValueError(f"shapes differ: {tuple(x.shape)} and {tuple(y.shape)}")
+    if min(x.shape[-2:]) < window:
+        raise ValueError(f"a {x.shape[-2]}x{x.shape[-1]} image is too small for a {window}x{window} SSIM window")
+    n = window * window
+    moments = F.avg_pool2d(torch.cat([x, y, x * x, y * y, x * y], dim=1), window, stride=1)
+    ux, uy, uxx, uyy, uxy = moments.chunk(5, dim=1)
+    cov_norm = n / (n - 1)
+    vx, vy, vxy = cov_norm * (uxx - ux * ux), cov_norm * (uyy - uy * uy), cov_norm * (uxy - ux * uy)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    return ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
 
 
 class MaxFidelityPrior(_Loss):
-    """``L1(f, max(a, b)) + gradient_weight * L1(|∇f|, max(|∇a|, |∇b|))``.
+    """``L1(f, max(a, b)) + gradient_weight * L1(|∇f|, max(|∇a|, |∇b|))
+    [+ ssim_weight * (2 - SSIM(f, a) - SSIM(f, b))]``.
 
     Not part of EMMA's objective. It anchors the fused image to the per-pixel brighter source and
     to the per-pixel stronger edge (normalised Sobel magnitudes, per direction), the targets many
-    unsupervised fusion methods regress directly. :class:`~monai_emma.losses.EMMALoss` adds it with
-    ``prior_weight`` (0, the default, leaves EMMA's loss unchanged).
+    unsupervised fusion methods regress directly; the optional structure term asks the fused image
+    to keep each source's local structure (the quantity the fusion SSIM metric sums).
+    :class:`~monai_emma.losses.EMMALoss` adds the prior with ``prior_weight`` (0, the default,
+    leaves EMMA's loss unchanged).
 
     Args:
         gradient_weight: weight of the gradient term.
+        ssim_weight: weight of the structure term (0, the default: no SSIM term).
+        ssim_data_range: the intensity range SSIM's stabilising constants assume (1 for images in
+            [0, 1]).
 
     Shapes:
         ``fused``, ``a``, ``b``: (B, 1, H, W). Returns a scalar.
@@ -34,24 +57,45 @@ class MaxFidelityPrior(_Loss):
         0.0
     """
 
-    def __init__(self, gradient_weight: float = 1.0) -> None:
+    def __init__(self, gradient_weight: float = 1.0, ssim_weight: float = 0.0, ssim_data_range: float = 1.0) -> None:
         super().__init__()
         self.gradient_weight = gradient_weight
+        self.ssim_weight = ssim_weight
+        self.ssim_data_range = ssim_data_range
+
+    def structure(self, fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Per sample ``2 - SSIM(f, a) - SSIM(f, b)`` (B,): 0 when ``f`` has the structure of both."""
+        per_source = ssim_map(torch.cat([fused, fused]), torch.cat([a, b]), self.ssim_data_range).flatten(1).mean(1)
+        return 2.0 - per_source.view(2, -1).sum(0)
 
     def forward(
-        self, fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor, gradient_weights: torch.Tensor | None = None
+        self,
+        fused: torch.Tensor,
+        a: torch.Tensor,
+        b: torch.Tensor,
+        gradient_weights: torch.Tensor | None = None,
+        ssim_weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The prior; ``gradient_weights`` (B,), if given, replaces ``gradient_weight`` sample by
-        sample (e.g. one edge weight per modality, see :class:`~monai_emma.losses.EMMALoss`)."""
+        """The prior; ``gradient_weights`` and ``ssim_weights`` (B,), if given, replace
+        ``gradient_weight`` and ``ssim_weight`` sample by sample (e.g. one weight per modality, see
+        :class:`~monai_emma.losses.EMMALoss`)."""
         if not fused.shape == a.shape == b.shape:
             raise ValueError(f"shapes differ: fused {tuple(fused.shape)}, a {tuple(a.shape)}, b {tuple(b.shape)}.")
-        if gradient_weights is not None and gradient_weights.shape != fused.shape[:1]:
-            raise ValueError(f"gradient_weights must be ({fused.shape[0]},), got {tuple(gradient_weights.shape)}")
+        for name, w in (("gradient_weights", gradient_weights), ("ssim_weights", ssim_weights)):
+            if w is not None and w.shape != fused.shape[:1]:
+                raise ValueError(f"{name} must be ({fused.shape[0]},), got {tuple(w.shape)}")
         loss = F.l1_loss(fused, torch.maximum(a, b))
-        if gradient_weights is None and not self.gradient_weight:
-            return loss
-        target = torch.maximum(sobel_gradients(a).abs(), sobel_gradients(b).abs())
-        edge = (sobel_gradients(fused).abs() - target).abs()
-        if gradient_weights is None:
-            return loss + self.gradient_weight * edge.mean()
-        return loss + (gradient_weights.to(edge) * edge.flatten(1).mean(1)).mean()
+        if gradient_weights is not None or self.gradient_weight:
+            target = torch.maximum(sobel_gradients(a).abs(), sobel_gradients(b).abs())
+            edge = (sobel_gradients(fused).abs() - target).abs()
+            if gradient_weights is None:
+                loss = loss + self.gradient_weight * edge.mean()
+            else:
+                loss = loss + (gradient_weights.to(edge) * edge.flatten(1).mean(1)).mean()
+        if ssim_weights is not None or self.ssim_weight:
+            structure = self.structure(fused, a, b)
+            if ssim_weights is None:
+                loss = loss + self.ssim_weight * structure.mean()
+            else:
+                loss = loss + (ssim_weights.to(structure) * structure).mean()
+        return loss

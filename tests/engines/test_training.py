@@ -272,3 +272,25 @@ def test_step_runs_in_the_engine_precision(phantom_root, precision):
     assert torch.isfinite(out["loss"]) and all(
         p.grad is None or p.grad.dtype == torch.float32 for p in fuser.parameters()
     )
+
+
+def test_stage2_loss_carries_every_prior_setting():
+    """The training settings of the prior (edge and structure weights, per modality, SSIM's range)
+    reach the loss the training step uses, and round-trip through config.json's dict."""
+    from monai_emma.engines.config import TrainConfig
+    from monai_emma.engines.two_stage import stage2_loss
+
+    cfg = tiny_config(
+        prior_weight=3.0,
+        prior_gradient_weight=40.0,
+        prior_gradient_weight_by_modality={"pet": 80},
+        prior_ssim_weight=0.5,
+        prior_ssim_weight_by_modality={"CT": 2},
+        prior_ssim_data_range=2 / 255,
+    )
+    loss = stage2_loss(TrainConfig.from_dict(cfg.to_dict()))
+    assert loss.prior_weight == 3.0 and loss.prior.gradient_weight == 40.0 and loss.prior.ssim_weight == 0.5
+    assert loss.prior_gradient_weight_by_modality == {"pet": 80.0}
+    assert loss.prior_ssim_weight_by_modality == {"ct": 2.0}
+    assert loss.prior.ssim_data_range == pytest.approx(2 / 255)
+    assert stage2_loss(tiny_config()).prior.ssim_weight == 0.0  # off unless asked for

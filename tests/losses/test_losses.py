@@ -98,3 +98,50 @@ def test_prior_edge_weight_per_modality():
     torch.testing.assert_close(
         plain.components(*args, modalities_b=["pet"] * 3)["total"], plain.components(*args)["total"]
     )
+
+
+def test_ssim_map_is_the_metric_ssim_and_one_for_equal_images():
+    """The prior's differentiable SSIM averages to the fusion metric's SSIM (scikit-image's
+    definition, valid region) and is 1 where the images agree."""
+    from monai_emma.losses import ssim_map
+    from monai_emma.metrics.functional import ssim
+
+    torch.manual_seed(0)
+    f, a, b = (torch.rand(3, 1, 24, 20, dtype=torch.float64) for _ in range(3))
+    both = ssim_map(f, a).flatten(1).mean(1) + ssim_map(f, b).flatten(1).mean(1)
+    torch.testing.assert_close(both, ssim(f, a, b, data_range=1.0))
+    assert ssim_map(a, a).shape == (3, 1, 18, 14)
+    torch.testing.assert_close(ssim_map(a, a), torch.ones(3, 1, 18, 14, dtype=torch.float64))
+    with pytest.raises(ValueError, match="too small"):
+        ssim_map(a[..., :5, :5], b[..., :5, :5])
+
+
+def test_prior_structure_term_per_modality():
+    """The structure term is 2 - SSIM(f, a) - SSIM(f, b) per sample, added with ``ssim_weight``
+    (or one weight per sample); it pulls f towards a source's structure, and ``EMMALoss`` weighs it
+    by the second modality like the edge term."""
+    torch.manual_seed(1)
+    f, a, b = (torch.rand(3, 1, 16, 16) for _ in range(3))
+    plain, structured = MaxFidelityPrior(4.0), MaxFidelityPrior(4.0, ssim_weight=2.0)
+    structure = structured.structure(f, a, b)
+    assert structure.shape == (3,) and bool((structure > 0).all())
+    assert structured.structure(a, a, a).abs().max() < 1e-5
+    torch.testing.assert_close(structured(f, a, b), plain(f, a, b) + 2.0 * structure.mean())
+    per = torch.tensor([0.0, 2.0, 0.0])
+    torch.testing.assert_close(structured(f, a, b, None, per), plain(f, a, b) + (per * structure).mean())
+    with pytest.raises(ValueError, match="ssim_weights"):
+        structured(f, a, b, None, torch.ones(2))
+    # a gradient step on the term alone raises SSIM(f, a) + SSIM(f, b)
+    g = f.clone().requires_grad_(True)
+    MaxFidelityPrior(0.0, ssim_weight=1.0).structure(g, a, b).sum().backward()
+    with torch.no_grad():
+        stepped = g - 0.05 * g.grad / g.grad.abs().max()
+    assert bool((structured.structure(stepped, a, b) < structure).all())
+
+    loss = EMMALoss(alpha=0.0, prior_weight=3.0, prior_gradient_weight=4.0, prior_ssim_weight_by_modality={"CT": 2})
+    args = (f, a, f, b, None, None, f)
+    mixed = loss.components(*args, modalities_b=["ct", "pet", "spect"])["prior"]
+    torch.testing.assert_close(mixed, plain(f, a, b) + (torch.tensor([2.0, 0.0, 0.0]) * structure).mean())
+    # without the option: no structure term, the v3 prior exactly
+    v3 = EMMALoss(alpha=0.0, prior_weight=3.0, prior_gradient_weight=4.0)
+    torch.testing.assert_close(v3.components(*args, modalities_b=["ct"] * 3)["prior"], plain(f, a, b))
