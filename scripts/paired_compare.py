@@ -31,7 +31,7 @@ def load(folder: str | Path) -> dict[str, dict[tuple[str, str], dict[str, float]
     out: dict[str, dict[tuple[str, str], dict[str, float]]] = defaultdict(dict)
     with path.open(newline="") as f:
         for row in csv.DictReader(f):
-            key = (row["pair"], f"{row['source']}/{row['id']}")
+            key = (row["pair"], f"{row['source']}/{row['id']}", row.get("study", ""))
             out[row["method"]][key] = {k: float(v) for k, v in row.items() if _is_number(v) and k != "id"}
     return dict(out)
 
@@ -55,10 +55,11 @@ def paired(base: list[float], other: list[float]) -> tuple[float, float, float, 
     return mb, sum(other) / n, md / mb if mb else 0.0, t
 
 
-def groups(keys) -> dict[str, list]:
+def groups(keys, by_study: bool = False) -> dict[str, list]:
+    """Keys grouped by pair type (or by study of a datalist evaluation), plus ``ALL``."""
     by: dict[str, list] = defaultdict(list)
     for key in sorted(keys):
-        by[key[0]].append(key)
+        by[key[2] if by_study else key[0]].append(key)
     return {**by, "ALL": sorted(keys)}
 
 
@@ -68,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("others", nargs="+", help="evaluate folders of the candidates")
     p.add_argument("--reference", help="evaluate folder with the rules and peers on the same pairs")
     p.add_argument("--metrics", default="VIF,Qabf,SSIM,MI")
+    p.add_argument("--by-study", action="store_true", help="group a datalist evaluation by study")
+    p.add_argument("--wins", action="store_true", help="with --by-study: only count the studies each metric rose in")
     args = p.parse_args(argv)
     metrics = args.metrics.split(",")
     base = load(args.base)["emma"]
@@ -77,9 +80,15 @@ def main(argv: list[str] | None = None) -> int:
         if len(keys) != len(base):
             raise SystemExit(f"{folder}: scored {len(keys)} of the base's {len(base)} pairs")
         print(f"\n{folder} against {args.base} ({len(keys)} pairs)")
+        if args.wins:
+            by = {g: ks for g, ks in groups(keys, True).items() if g != "ALL"}
+            for m in metrics:
+                up = sum(sum(other[k][m] - base[k][m] for k in ks) > 0 for ks in by.values())
+                print(f"{m}: higher in {up} of {len(by)} studies")
+            continue
         print("| pair type | " + " | ".join(metrics) + " |")
         print("|---|" + "---|" * len(metrics))
-        for group, ks in groups(keys).items():
+        for group, ks in groups(keys, args.by_study).items():
             cells = []
             for m in metrics:
                 mb, mo, rel, t = paired([base[k][m] for k in ks], [other[k][m] for k in ks])
@@ -92,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         print("| set | pair type | vs best rule VIF/Qabf/SSIM | vs better peer VIF/Qabf/SSIM | vs max VIF/Qabf/SSIM |")
         print("|---|---|---|---|---|")
         for name, scores in sets.items():
-            for group, ks in groups(scores).items():
+            for group, ks in groups(scores, args.by_study).items():
                 row = []
                 for methods in (RULES, PEERS, ("max",)):
                     cell = []

@@ -56,6 +56,7 @@ class TrainConfig:
     prior_ssim_weight: float = 0.0  # weight of the prior's structure term, 2 - SSIM(f, a) - SSIM(f, b)
     prior_ssim_weight_by_modality: dict[str, float] = field(default_factory=dict)  # e.g. {"ct": 1}
     prior_ssim_data_range: float = 1.0  # SSIM's K1/K2 constants scale with it; 2 / 255: the metric's
+    prior_ssim_min_std: float = 0.0  # structure term only where both sources' 7x7 std reach this
     shifts: int = 3
     rotations: int = 3
     reflections: int = 3

@@ -134,6 +134,7 @@ def stage2_loss(cfg: TrainConfig) -> EMMALoss:
         prior_ssim_weight=cfg.prior_ssim_weight,
         prior_ssim_weight_by_modality=cfg.prior_ssim_weight_by_modality,
         prior_ssim_data_range=cfg.prior_ssim_data_range,
+        prior_ssim_min_std=cfg.prior_ssim_min_std,
     )
 
 

@@ -48,6 +48,8 @@ class EMMALoss(_Loss):
             source (``{"ct": 1}``), like ``prior_gradient_weight_by_modality``. Not in the paper.
         prior_ssim_data_range: the intensity range the structure term's SSIM constants assume (its
             ``ssim_data_range``); 2 / 255 matches the fusion SSIM metric's constants on 8-bit images.
+        prior_ssim_min_std: the structure term skips windows where a source is flatter than this
+            (its ``ssim_min_std``; 0: every window).
 
     Shapes:
         ``sensed_a``, ``a``, ``sensed_b``, ``b``: (B, 1, H, W); ``transformed`` and ``refused``:
@@ -66,12 +68,15 @@ class EMMALoss(_Loss):
         prior_ssim_weight: float = 0.0,
         prior_ssim_weight_by_modality: Mapping[str, float] | None = None,
         prior_ssim_data_range: float = 1.0,
+        prior_ssim_min_std: float = 0.0,
     ) -> None:
         super().__init__()
         self.alpha = alpha
         self.prior_weight = prior_weight
         self.fusion_loss = FusionLoss(intensity_weight, gradient_weight)
-        self.prior = MaxFidelityPrior(prior_gradient_weight, prior_ssim_weight, prior_ssim_data_range)
+        self.prior = MaxFidelityPrior(
+            prior_gradient_weight, prior_ssim_weight, prior_ssim_data_range, prior_ssim_min_std
+        )
         self.prior_gradient_weight_by_modality = _lower(prior_gradient_weight_by_modality)
         self.prior_ssim_weight_by_modality = _lower(prior_ssim_weight_by_modality)
 

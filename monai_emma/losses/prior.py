@@ -45,6 +45,10 @@ class MaxFidelityPrior(_Loss):
         ssim_weight: weight of the structure term (0, the default: no SSIM term).
         ssim_data_range: the intensity range SSIM's stabilising constants assume (1 for images in
             [0, 1]).
+        ssim_min_std: windows in which either source's standard deviation is below this are left
+            out of the structure term (0: every window). A flat window carries no structure to
+            keep, and SSIM against it rewards only an exactly flat fused window, which would trade
+            the other source's texture away (``docs/results.md``, issue 32).
 
     Shapes:
         ``fused``, ``a``, ``b``: (B, 1, H, W). Returns a scalar.
@@ -57,16 +61,31 @@ class MaxFidelityPrior(_Loss):
         0.0
     """
 
-    def __init__(self, gradient_weight: float = 1.0, ssim_weight: float = 0.0, ssim_data_range: float = 1.0) -> None:
+    def __init__(
+        self,
+        gradient_weight: float = 1.0,
+        ssim_weight: float = 0.0,
+        ssim_data_range: float = 1.0,
+        ssim_min_std: float = 0.0,
+    ) -> None:
         super().__init__()
         self.gradient_weight = gradient_weight
         self.ssim_weight = ssim_weight
         self.ssim_data_range = ssim_data_range
+        self.ssim_min_std = ssim_min_std
 
     def structure(self, fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Per sample ``2 - SSIM(f, a) - SSIM(f, b)`` (B,): 0 when ``f`` has the structure of both."""
-        per_source = ssim_map(torch.cat([fused, fused]), torch.cat([a, b]), self.ssim_data_range).flatten(1).mean(1)
-        return 2.0 - per_source.view(2, -1).sum(0)
+        """Per sample ``2 - SSIM(f, a) - SSIM(f, b)`` (B,), averaged over the windows where both
+        sources vary by at least ``ssim_min_std`` (counted as 0 elsewhere): 0 when ``f`` has the
+        structure of both."""
+        sources = torch.cat([a, b])
+        loss = 1.0 - ssim_map(torch.cat([fused, fused]), sources, self.ssim_data_range)
+        if self.ssim_min_std > 0:
+            with torch.no_grad():
+                var = F.avg_pool2d(sources * sources, 7, stride=1) - F.avg_pool2d(sources, 7, stride=1) ** 2
+                varied = (var >= self.ssim_min_std**2).view(2, *a.shape[:1], *var.shape[1:]).all(0)
+            loss = loss * varied.repeat(2, 1, 1, 1).to(loss)
+        return loss.flatten(1).mean(1).view(2, -1).sum(0)
 
     def forward(
         self,

@@ -287,10 +287,11 @@ def test_stage2_loss_carries_every_prior_setting():
         prior_ssim_weight=0.5,
         prior_ssim_weight_by_modality={"CT": 2},
         prior_ssim_data_range=2 / 255,
+        prior_ssim_min_std=0.004,
     )
     loss = stage2_loss(TrainConfig.from_dict(cfg.to_dict()))
     assert loss.prior_weight == 3.0 and loss.prior.gradient_weight == 40.0 and loss.prior.ssim_weight == 0.5
     assert loss.prior_gradient_weight_by_modality == {"pet": 80.0}
     assert loss.prior_ssim_weight_by_modality == {"ct": 2.0}
-    assert loss.prior.ssim_data_range == pytest.approx(2 / 255)
+    assert loss.prior.ssim_data_range == pytest.approx(2 / 255) and loss.prior.ssim_min_std == 0.004
     assert stage2_loss(tiny_config()).prior.ssim_weight == 0.0  # off unless asked for

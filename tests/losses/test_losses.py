@@ -145,3 +145,21 @@ def test_prior_structure_term_per_modality():
     # without the option: no structure term, the v3 prior exactly
     v3 = EMMALoss(alpha=0.0, prior_weight=3.0, prior_gradient_weight=4.0)
     torch.testing.assert_close(v3.components(*args, modalities_b=["ct"] * 3)["prior"], plain(f, a, b))
+
+
+def test_structure_term_skips_windows_where_a_source_is_flat():
+    """With ``ssim_min_std`` the structure term leaves out every window in which a source is flat:
+    a fused image that differs from the sources only there costs nothing, while differences in
+    windows where both vary still count."""
+    torch.manual_seed(2)
+    a, b = torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32)
+    b[:, :, :, :16] = 0.3  # the left half of b is flat
+    masked, plain = MaxFidelityPrior(0.0, 1.0, ssim_min_std=0.01), MaxFidelityPrior(0.0, 1.0)
+    changed_left = a.clone()
+    changed_left[:, :, :, :8] = torch.rand(2, 1, 32, 8)  # only windows that see flat b
+    torch.testing.assert_close(masked.structure(changed_left, a, b), masked.structure(a, a, b))
+    assert bool((plain.structure(changed_left, a, b) != plain.structure(a, a, b)).all())
+    changed_right = a.clone()
+    changed_right[:, :, :, 24:] = torch.rand(2, 1, 32, 8)
+    assert bool((masked.structure(changed_right, a, b) > masked.structure(a, a, b)).all())
+    assert bool((masked.structure(a, a, b) < plain.structure(a, a, b)).all())
