@@ -27,7 +27,7 @@ def load(folder: str | Path) -> dict[str, dict[tuple[str, str], dict[str, float]
     """``{method: {(pair type, id): {metric: value}}}`` of an evaluate folder's metrics.csv."""
     path = Path(folder) / "metrics.csv"
     if not path.is_file():
-        raise SystemExit(f"{path}: no metrics.csv (run monai-emma evaluate --output {folder})")
+        raise SystemExit(f"{folder}: no metrics.csv (run monai-emma evaluate --output {folder})")
     out: dict[str, dict[tuple[str, str], dict[str, float]]] = defaultdict(dict)
     with path.open(newline="") as f:
         for row in csv.DictReader(f):
