@@ -21,15 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-
-def _flat(x: torch.Tensor, window: int = 7) -> torch.Tensor:
-    """Windows of ``x`` (1, 1, H, W) with zero variance (valid positions, as ``ssim_map``)."""
-    return (F.avg_pool2d(x * x, window, 1) - F.avg_pool2d(x, window, 1) ** 2) < 1e-9
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     from monai_emma.data.pairs import find_pairs
     from monai_emma.evaluation import _sources, classical_fusion_gray, grey_of, select_pairs, split_ids
     from monai_emma.fuse2d import fuse_slice_pair, network_fuser
-    from monai_emma.losses import ssim_map
+    from monai_emma.losses import ssim_map, window_variance
     from monai_emma.model_source import resolve_fuser
 
     pairs = [q for q in select_pairs(find_pairs(args.root), split_ids(args.split)) if q.pair == args.pair]
@@ -57,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         fused = {w: grey_of(fuse_slice_pair(f, a_img, b_img)) for w, f in fusers.items()}
         fused |= {rule: classical_fusion_gray(rule, a, b) for rule in ("max", "laplacian")}
         ta, tb = as_tensor(a), as_tensor(b)
-        fa, fb = _flat(ta), _flat(tb)
+        fa, fb = window_variance(ta) < 1e-9, window_variance(tb) < 1e-9  # exactly flat in 8 bits
         kinds = {"both flat": fa & fb, "A flat only": fa & ~fb, "B flat only": ~fa & fb, "neither": ~fa & ~fb}
         for method, image in fused.items():
             tf = as_tensor(np.round(np.clip(image, 0, 255)))

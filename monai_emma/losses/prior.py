@@ -9,7 +9,13 @@ from torch.nn.modules.loss import _Loss
 
 from monai_emma.losses.fusion import sobel_gradients
 
-__all__ = ["MaxFidelityPrior", "ssim_map"]
+__all__ = ["MaxFidelityPrior", "ssim_map", "window_variance"]
+
+
+def window_variance(x: torch.Tensor, window: int = 7) -> torch.Tensor:
+    """Variance of (B, C, H, W) ``x`` in every ``window`` x ``window`` window (population variance,
+    valid positions as :func:`ssim_map`): (B, C, H - window + 1, W - window + 1)."""
+    return F.avg_pool2d(x * x, window, stride=1) - F.avg_pool2d(x, window, stride=1) ** 2
 
 
 def ssim_map(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, window: int = 7) -> torch.Tensor:
@@ -78,14 +84,13 @@ class MaxFidelityPrior(_Loss):
         """Per sample ``2 - SSIM(f, a) - SSIM(f, b)`` (B,), averaged over the windows where both
         sources vary by at least ``ssim_min_std`` (counted as 0 elsewhere): 0 when ``f`` has the
         structure of both."""
-        sources = torch.cat([a, b])
-        loss = 1.0 - ssim_map(torch.cat([fused, fused]), sources, self.ssim_data_range)
+        per_window = 1.0 - ssim_map(torch.cat([fused, fused]), torch.cat([a, b]), self.ssim_data_range)
+        per_window = per_window.unflatten(0, (2, -1))  # (source, B, C, h, w)
         if self.ssim_min_std > 0:
             with torch.no_grad():
-                var = F.avg_pool2d(sources * sources, 7, stride=1) - F.avg_pool2d(sources, 7, stride=1) ** 2
-                varied = (var >= self.ssim_min_std**2).view(2, *a.shape[:1], *var.shape[1:]).all(0)
-            loss = loss * varied.repeat(2, 1, 1, 1).to(loss)
-        return loss.flatten(1).mean(1).view(2, -1).sum(0)
+                varied = window_variance(torch.cat([a, b])) >= self.ssim_min_std**2
+            per_window = per_window * varied.unflatten(0, (2, -1)).all(0)
+        return per_window.sum(0).flatten(1).mean(1)
 
     def forward(
         self,

@@ -295,13 +295,14 @@ def _run_stages(
         # Ray Data runs a task only on a CPU the Train workers leave free: with none left (an
         # existing runtime or cluster sized for the workers alone) the tasks reserve no CPU and run
         # one at a time beside the workers rather than never
-        spare = ray.cluster_resources().get("CPU", 0.0) - opts.num_workers * per_worker
+        cluster_cpus = ray.cluster_resources().get("CPU", 0.0)
+        spare = cluster_cpus - opts.num_workers * per_worker
         if spare < 1:
             logger.warning(
                 "Ray Data: no CPU beside the %d Train workers' (%g CPUs in the cluster); studies are "
                 "preprocessed one at a time on the workers' CPUs",
                 opts.num_workers,
-                ray.cluster_resources().get("CPU", 0.0),
+                cluster_cpus,
             )
         datasets = pipeline_datasets(
             streamed.train,

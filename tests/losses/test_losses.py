@@ -163,3 +163,14 @@ def test_structure_term_skips_windows_where_a_source_is_flat():
     changed_right[:, :, :, 24:] = torch.rand(2, 1, 32, 8)
     assert bool((masked.structure(changed_right, a, b) > masked.structure(a, a, b)).all())
     assert bool((masked.structure(a, a, b) < plain.structure(a, a, b)).all())
+
+
+def test_window_variance_is_each_windows_population_variance():
+    from monai_emma.losses import window_variance
+
+    torch.manual_seed(3)
+    x = torch.rand(1, 1, 9, 10, dtype=torch.float64)
+    v = window_variance(x)
+    assert v.shape == (1, 1, 3, 4)
+    torch.testing.assert_close(v[0, 0, 1, 2], x[0, 0, 1:8, 2:9].var(unbiased=False))
+    assert window_variance(torch.full((1, 1, 8, 8), 0.4, dtype=torch.float64)).abs().max() < 1e-12
